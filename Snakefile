@@ -1,0 +1,19 @@
+# iterseg: annotated DICOM snapshots -> med-imagetools -> nnU-Net (fine-tuned per iteration)
+# -> DICOM-SEG -> data/results/<dataset>/latest. See README.md; settings in config/.
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/convert.smk"
+include: "workflow/rules/plan.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/predict.smk"
+include: "workflow/rules/results.smk"
+
+
+rule all:
+    input:
+        all_iterations,
+    default_target: True

@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from iterseg.demo import make_phantom, phantom_arrays, write_ct_series
+from iterseg.dicom_series import find_image_series, read_volume, sort_by_position
+from iterseg.errors import PredictionError
+from iterseg.seg_export import export_seg
+from seg_checks import frame_positions_on_source_slices, referenced_series, seg_label_map
+
+pytestmark = pytest.mark.integration
+
+LABELS = {"background": 0, "liver": 1, "tumour": 2}
+
+
+def _flip(folder: Path) -> None:
+    """Rewrite a series with rows pointing -y: the slice normal becomes -z."""
+    for path in folder.glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, -1.0, 0.0]
+        ds.save_as(path)
+
+
+@pytest.mark.parametrize("flipped", [False, True])
+def test_slices_sorted_by_normal_not_by_name_or_instance_number(tmp_path: Path, flipped: bool) -> None:
+    write_ct_series(make_phantom("P900", 900), tmp_path / "CT")
+    if flipped:
+        _flip(tmp_path / "CT")
+    (series,) = find_image_series(tmp_path, "CT")
+    z = [float(ds.ImagePositionPatient[2]) for ds in series.datasets]
+    assert z == sorted(z, reverse=flipped)
+    names = [f.name for f in series.files]
+    numbers = [int(ds.InstanceNumber) for ds in series.datasets]
+    assert names != sorted(names)  # the demo names files by hash
+    assert numbers == sorted(numbers, reverse=not flipped)  # and numbers run against position
+    volume, geometry = read_volume(series)
+    hu, _ = phantom_arrays(make_phantom("P900", 900))
+    expected = np.round(hu + 1024).clip(0, 4095) - 1024
+    assert np.array_equal(volume, expected[::-1] if flipped else expected)
+    assert geometry["spacing"][2] == pytest.approx(4.0)
+
+
+def test_duplicate_slice_position_is_an_error(tmp_path: Path) -> None:
+    datasets = write_ct_series(make_phantom("P901", 901), tmp_path)
+    files = [tmp_path / f"{i}.dcm" for i in range(len(datasets))]
+    datasets[3].ImagePositionPatient = list(datasets[4].ImagePositionPatient)
+    with pytest.raises(PredictionError, match="share one position"):
+        sort_by_position(datasets, files)
+
+
+@pytest.mark.parametrize("flipped", [False, True])
+def test_seg_round_trip_is_voxel_exact(tmp_path: Path, flipped: bool) -> None:
+    phantom = make_phantom("P902", 902)
+    write_ct_series(phantom, tmp_path / "CT")
+    if flipped:
+        _flip(tmp_path / "CT")
+    (series,) = find_image_series(tmp_path / "CT", "CT")
+    _, masks = phantom_arrays(phantom)
+    label_map = np.zeros(masks[next(iter(masks))].shape, np.uint8)
+    for value, mask in enumerate(masks.values(), start=1):
+        label_map[mask] = value
+    if flipped:
+        label_map = label_map[::-1].copy()  # the label map follows the sorted series
+    seg_path = tmp_path / "out" / "case.dcm"
+    export_seg(label_map, series.datasets, LABELS, seg_path, "test", "test model")
+    assert np.array_equal(seg_label_map(seg_path, series.datasets), label_map)
+    assert frame_positions_on_source_slices(seg_path, series.datasets)
+    assert referenced_series(seg_path) == series.series_uid
+    seg = pydicom.dcmread(seg_path)
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["liver", "tumour"]
+    assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"  # liver
+    assert seg.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"
+    # empty slices carry no frame
+    assert len(seg.PerFrameFunctionalGroupsSequence) < 2 * len(series.datasets)
+
+
+def test_empty_prediction_still_exports(tmp_path: Path) -> None:
+    write_ct_series(make_phantom("P903", 903), tmp_path / "CT")
+    (series,) = find_image_series(tmp_path / "CT", "CT")
+    label_map = np.zeros((len(series.datasets), 64, 64), np.uint8)
+    seg_path = tmp_path / "empty.dcm"
+    export_seg(label_map, series.datasets, LABELS, seg_path, "test", "test model")
+    assert not seg_label_map(seg_path, series.datasets).any()

@@ -1,0 +1,128 @@
+"""Workflow settings: the config dict validated against the JSON schema, as frozen dataclasses."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from iterseg.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    """Settings of one dataset (one folder under rawdata)."""
+
+    name: str
+    dataset_id: int
+    roi_yaml: Path
+    modality: str
+    mask_saving_strategy: str
+
+
+@dataclass(frozen=True)
+class NnunetSettings:
+    """How nnU-Net plans, trains and predicts."""
+
+    configuration: str
+    trainer: str
+    plans: str
+    folds: tuple[str, ...]
+    device: str
+    train_on: str
+    preprocess_processes: int
+    train_mem_mb: int
+    train_runtime: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole validated configuration."""
+
+    rawdata: Path
+    procdata: Path
+    results: Path
+    inbox: str
+    datasets: Mapping[str, DatasetSettings]
+    nnunet: NnunetSettings
+
+
+def _validator(schema: dict[str, Any]) -> Any:
+    from jsonschema import Draft202012Validator, validators
+
+    base = Draft202012Validator
+    validate_properties = base.VALIDATORS["properties"]
+
+    def set_defaults(validator: Any, properties: Any, instance: Any, subschema: Any) -> Any:
+        if isinstance(instance, dict):
+            for key, prop in properties.items():
+                if "default" in prop:
+                    instance.setdefault(key, prop["default"])
+        yield from validate_properties(validator, properties, instance, subschema)
+
+    return validators.extend(base, {"properties": set_defaults})(schema)
+
+
+def validate_config(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
+    """Validate ``config`` in place against the schema, filling defaults.
+
+    Raises
+    ------
+    ConfigError
+        One message per problem, each naming the offending key and what the schema allows.
+    """
+    schema = yaml.safe_load(schema_path.read_text())
+    errors = sorted(_validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for error in errors:
+            where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+            lines.append(f"config key {where}: {error.message}")
+        raise ConfigError(
+            "invalid configuration:\n  "
+            + "\n  ".join(lines)
+            + f"\nSee {schema_path} for every key, its meaning and allowed values."
+        )
+    return config
+
+
+def load_settings(config: dict[str, Any], config_dir: Path = Path("config")) -> Settings:
+    """Validate a snakemake ``config`` dict and return typed settings."""
+    validate_config(config)
+    nn = config["nnunet"]
+    datasets = {
+        name: DatasetSettings(
+            name=name,
+            dataset_id=int(ds["dataset_id"]),
+            roi_yaml=Path(ds.get("roi_yaml") or config_dir / f"roi_{name}.yaml"),
+            modality=ds["modality"],
+            mask_saving_strategy=ds["mask_saving_strategy"],
+        )
+        for name, ds in config["datasets"].items()
+    }
+    return Settings(
+        rawdata=Path(config["rawdata"]),
+        procdata=Path(config["procdata"]),
+        results=Path(config["results"]),
+        inbox=config["inbox"],
+        datasets=datasets,
+        nnunet=NnunetSettings(
+            configuration=nn["configuration"],
+            trainer=nn["trainer"],
+            plans=nn["plans"],
+            folds=tuple(str(f) for f in nn["folds"]),
+            device=nn["device"],
+            train_on=nn["train_on"],
+            preprocess_processes=int(nn["preprocess_processes"]),
+            train_mem_mb=int(nn["train_mem_mb"]),
+            train_runtime=int(nn["train_runtime"]),
+        ),
+    )

@@ -1,0 +1,385 @@
+"""Deterministic synthetic CT phantoms written as real DICOM (CT, SEG, RTSTRUCT).
+
+The demo dataset mimics what researchers drop into ``data/rawdata``: two dated snapshots of
+annotated patients (some annotated as DICOM SEG, some as RTSTRUCT, the second snapshot adding
+new patients and refining earlier annotations) and an inbox of unannotated studies.
+Files are named by hash and InstanceNumbers run against the slice position on purpose, so
+that any code sorting slices by file name or InstanceNumber fails on the demo.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RTStructureSetStorage
+
+from iterseg.dicom_codes import SegmentLabel, segment_description
+
+logger = logging.getLogger(__name__)
+
+UID_ROOT = "1.2.826.0.1.3680043.10.1451."
+SHAPE = (32, 64, 64)  # slices, rows, columns
+PIXEL_SPACING = (3.0, 3.0)  # mm, row spacing then column spacing
+SLICE_THICKNESS = 4.0  # mm
+DEMO_DATASET = "demo"
+SNAPSHOT_DATES = ("2026-01-15", "2026-03-02")
+LABELS = (SegmentLabel.LIVER, SegmentLabel.TUMOUR)
+
+
+def demo_uid(*parts: object) -> str:
+    """Return a DICOM UID derived deterministically from ``parts``."""
+    digest = int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:24], 16)
+    return f"{UID_ROOT}{digest}"
+
+
+@dataclass(frozen=True)
+class Ellipsoid:
+    """An axis-aligned ellipsoid in patient coordinates (mm)."""
+
+    centre: tuple[float, float, float]
+    radii: tuple[float, float, float]
+
+    def contains(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Boolean mask of the points inside the ellipsoid."""
+        cx, cy, cz = self.centre
+        rx, ry, rz = self.radii
+        return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 + ((z - cz) / rz) ** 2 <= 1.0
+
+    def section(self, z: float, n_points: int = 48) -> np.ndarray | None:
+        """Closed planar contour (n, 3) of the section at height ``z``, or None."""
+        cx, cy, cz = self.centre
+        rx, ry, rz = self.radii
+        t = 1.0 - ((z - cz) / rz) ** 2
+        if t <= 0.05:
+            return None
+        angles = np.linspace(0.0, 2.0 * np.pi, n_points, endpoint=False)
+        scale = np.sqrt(t)
+        return np.stack(
+            [cx + rx * scale * np.cos(angles), cy + ry * scale * np.sin(angles), np.full(n_points, z)],
+            axis=1,
+        )
+
+
+@dataclass(frozen=True)
+class Phantom:
+    """One synthetic patient: body, liver and tumour."""
+
+    patient_id: str
+    body: Ellipsoid
+    liver: Ellipsoid
+    tumour: Ellipsoid
+    seed: int
+
+    @property
+    def origin(self) -> tuple[float, float, float]:
+        """ImagePositionPatient of the first (lowest) slice."""
+        return (-96.0, -96.0, -64.0)
+
+
+def make_phantom(patient_id: str, seed: int) -> Phantom:
+    """Build a phantom whose organ positions and sizes vary with ``seed``."""
+    rng = np.random.default_rng(seed)
+    body = Ellipsoid((0.0, 0.0, 0.0), (80.0 + rng.uniform(-6, 6), 62.0 + rng.uniform(-5, 5), 200.0))
+    liver_centre = (-22.0 + rng.uniform(-6, 6), -6.0 + rng.uniform(-6, 6), -4.0 + rng.uniform(-8, 8))
+    liver = Ellipsoid(liver_centre, (34.0 + rng.uniform(-4, 4), 26.0 + rng.uniform(-3, 3), 40.0))
+    tumour_centre = (
+        liver_centre[0] + rng.uniform(-8, 8),
+        liver_centre[1] + rng.uniform(-6, 6),
+        liver_centre[2] + rng.uniform(-8, 8),
+    )
+    tumour_radius = 11.0 + rng.uniform(-2, 3)
+    tumour = Ellipsoid(tumour_centre, (tumour_radius, tumour_radius * 0.9, tumour_radius * 1.2))
+    return Phantom(patient_id, body, liver, tumour, seed)
+
+
+def annotated(phantom: Phantom, tumour_scale: float) -> Phantom:
+    """The phantom as an annotator drew it: a rough first pass under-draws the tumour."""
+    t = phantom.tumour
+    return replace(phantom, tumour=Ellipsoid(t.centre, tuple(r * tumour_scale for r in t.radii)))  # type: ignore[arg-type]
+
+
+def _grid(phantom: Phantom) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n_slices, n_rows, n_cols = SHAPE
+    ox, oy, oz = phantom.origin
+    z = oz + SLICE_THICKNESS * np.arange(n_slices)
+    y = oy + PIXEL_SPACING[0] * np.arange(n_rows)
+    x = ox + PIXEL_SPACING[1] * np.arange(n_cols)
+    return np.meshgrid(x, y, z, indexing="ij")
+
+
+def phantom_arrays(phantom: Phantom) -> tuple[np.ndarray, dict[SegmentLabel, np.ndarray]]:
+    """Return the CT in HU and one boolean mask per label, each shaped (slices, rows, cols)."""
+    x, y, z = _grid(phantom)
+
+    def to_zyx(a: np.ndarray) -> np.ndarray:
+        return np.transpose(a, (2, 1, 0))  # (x, y, z) -> (slices, rows, columns)
+
+    body = to_zyx(phantom.body.contains(x, y, z))
+    liver = to_zyx(phantom.liver.contains(x, y, z)) & body
+    tumour = to_zyx(phantom.tumour.contains(x, y, z)) & liver
+    rng = np.random.default_rng(phantom.seed + 1000)
+    hu = np.full(SHAPE, -1000.0)
+    hu[body] = 30.0
+    hu[liver] = 110.0
+    hu[tumour] = -20.0
+    hu += rng.normal(0.0, 12.0, SHAPE)
+    return hu, {SegmentLabel.LIVER: liver, SegmentLabel.TUMOUR: tumour}
+
+
+def _file_meta(sop_class: str, sop_instance: str) -> FileMetaDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = UID_ROOT + "1"
+    return meta
+
+
+def _patient_study(ds: Dataset, phantom: Phantom, study_uid: str) -> None:
+    ds.PatientName = f"Phantom^{phantom.patient_id}"
+    ds.PatientID = phantom.patient_id
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "O"
+    ds.StudyInstanceUID = study_uid
+    ds.StudyDate = "20260101"
+    ds.StudyTime = "120000"
+    ds.StudyID = "1"
+    ds.AccessionNumber = phantom.patient_id
+    ds.ReferringPhysicianName = ""
+
+
+def write_ct_series(phantom: Phantom, folder: Path) -> list[Dataset]:
+    """Write the phantom's CT as single-frame DICOM files; return the datasets in slice order."""
+    hu, _ = phantom_arrays(phantom)
+    stored = np.round(hu + 1024.0).clip(0, 4095).astype(np.uint16)
+    study_uid = demo_uid(phantom.patient_id, "study")
+    series_uid = demo_uid(phantom.patient_id, "ct-series")
+    frame_uid = demo_uid(phantom.patient_id, "frame")
+    folder.mkdir(parents=True, exist_ok=True)
+    datasets: list[Dataset] = []
+    n_slices = SHAPE[0]
+    for k in range(n_slices):
+        sop_uid = demo_uid(phantom.patient_id, "ct", k)
+        ds = Dataset()
+        ds.file_meta = _file_meta(CTImageStorage, sop_uid)
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = sop_uid
+        _patient_study(ds, phantom, study_uid)
+        ds.Modality = "CT"
+        ds.SeriesInstanceUID = series_uid
+        ds.SeriesNumber = 1
+        ds.SeriesDescription = "Phantom CT"
+        # Deliberately opposite to the slice order: only the geometry tells the order.
+        ds.InstanceNumber = n_slices - k
+        ds.FrameOfReferenceUID = frame_uid
+        ds.PositionReferenceIndicator = ""
+        ds.Manufacturer = "iterseg"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ox, oy, oz = phantom.origin
+        ds.ImagePositionPatient = [ox, oy, oz + SLICE_THICKNESS * k]
+        ds.SliceLocation = oz + SLICE_THICKNESS * k
+        ds.SliceThickness = SLICE_THICKNESS
+        ds.PixelSpacing = list(PIXEL_SPACING)
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows, ds.Columns = SHAPE[1], SHAPE[2]
+        ds.BitsAllocated = 16
+        ds.BitsStored = 12
+        ds.HighBit = 11
+        ds.PixelRepresentation = 0
+        ds.RescaleIntercept = -1024.0
+        ds.RescaleSlope = 1.0
+        ds.RescaleType = "HU"
+        ds.KVP = 120
+        ds.PixelData = stored[k].tobytes()
+        name = hashlib.sha1(sop_uid.encode()).hexdigest()[:12]
+        ds.save_as(folder / f"{name}.dcm", enforce_file_format=True)
+        datasets.append(ds)
+    return datasets
+
+
+def write_seg(
+    phantom: Phantom, ct: list[Dataset], path: Path, masks: dict[SegmentLabel, np.ndarray], tag: str
+) -> None:
+    """Write ``masks`` as a BINARY DICOM SEG referencing ``ct`` (slice-ordered) with highdicom."""
+    import highdicom as hd
+
+    labels = [label for label in LABELS if label in masks]
+    stacked = np.stack([masks[label] for label in labels], axis=-1).astype(np.uint8)
+    seg = hd.seg.Segmentation(
+        source_images=ct,
+        pixel_array=stacked,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment_description(i + 1, label) for i, label in enumerate(labels)],
+        series_instance_uid=demo_uid(phantom.patient_id, "seg-series", tag),
+        series_number=100,
+        sop_instance_uid=demo_uid(phantom.patient_id, "seg", tag),
+        instance_number=1,
+        manufacturer="iterseg",
+        manufacturer_model_name="iterseg demo",
+        software_versions="demo",
+        device_serial_number="0",
+        series_description=f"Manual annotation {tag}",
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seg.save_as(path)
+
+
+def write_rtstruct(phantom: Phantom, ct: list[Dataset], path: Path, tag: str) -> None:
+    """Write the liver and tumour as closed planar contours in an RTSTRUCT referencing ``ct``."""
+    ref = ct[0]
+    sop_uid = demo_uid(phantom.patient_id, "rtstruct", tag)
+    ds = Dataset()
+    ds.file_meta = _file_meta(RTStructureSetStorage, sop_uid)
+    ds.SOPClassUID = RTStructureSetStorage
+    ds.SOPInstanceUID = sop_uid
+    _patient_study(ds, phantom, ref.StudyInstanceUID)
+    ds.Modality = "RTSTRUCT"
+    ds.SeriesInstanceUID = demo_uid(phantom.patient_id, "rtstruct-series", tag)
+    ds.SeriesNumber = 200
+    ds.InstanceNumber = 1
+    ds.Manufacturer = "iterseg"
+    ds.StructureSetLabel = f"Manual {tag}"
+    ds.StructureSetDate = "20260101"
+    ds.StructureSetTime = "120000"
+
+    contour_images = DicomSequence()
+    for image in ct:
+        item = Dataset()
+        item.ReferencedSOPClassUID = image.SOPClassUID
+        item.ReferencedSOPInstanceUID = image.SOPInstanceUID
+        contour_images.append(item)
+    series_item = Dataset()
+    series_item.SeriesInstanceUID = ref.SeriesInstanceUID
+    series_item.ContourImageSequence = contour_images
+    study_item = Dataset()
+    study_item.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+    study_item.ReferencedSOPInstanceUID = ref.StudyInstanceUID
+    study_item.RTReferencedSeriesSequence = DicomSequence([series_item])
+    frame_item = Dataset()
+    frame_item.FrameOfReferenceUID = ref.FrameOfReferenceUID
+    frame_item.RTReferencedStudySequence = DicomSequence([study_item])
+    ds.ReferencedFrameOfReferenceSequence = DicomSequence([frame_item])
+
+    roi_seq, contour_seq, obs_seq = DicomSequence(), DicomSequence(), DicomSequence()
+    shapes = {SegmentLabel.LIVER: phantom.liver, SegmentLabel.TUMOUR: phantom.tumour}
+    for number, label in enumerate(LABELS, start=1):
+        roi = Dataset()
+        roi.ROINumber = number
+        roi.ReferencedFrameOfReferenceUID = ref.FrameOfReferenceUID
+        roi.ROIName = label.roi_name
+        roi.ROIGenerationAlgorithm = "MANUAL"
+        roi_seq.append(roi)
+        roi_contour = Dataset()
+        roi_contour.ReferencedROINumber = number
+        roi_contour.ROIDisplayColor = list(label.colour)
+        contours = DicomSequence()
+        for image in ct:
+            points = shapes[label].section(float(image.ImagePositionPatient[2]))
+            if points is None:
+                continue
+            contour = Dataset()
+            image_ref = Dataset()
+            image_ref.ReferencedSOPClassUID = image.SOPClassUID
+            image_ref.ReferencedSOPInstanceUID = image.SOPInstanceUID
+            contour.ContourImageSequence = DicomSequence([image_ref])
+            contour.ContourGeometricType = "CLOSED_PLANAR"
+            contour.NumberOfContourPoints = len(points)
+            contour.ContourData = [round(float(v), 3) for v in points.ravel()]
+            contours.append(contour)
+        roi_contour.ContourSequence = contours
+        contour_seq.append(roi_contour)
+        obs = Dataset()
+        obs.ObservationNumber = number
+        obs.ReferencedROINumber = number
+        obs.RTROIInterpretedType = "ORGAN" if label is SegmentLabel.LIVER else "GTV"
+        obs.ROIInterpreter = ""
+        obs_seq.append(obs)
+    ds.StructureSetROISequence = roi_seq
+    ds.ROIContourSequence = contour_seq
+    ds.RTROIObservationsSequence = obs_seq
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+@dataclass(frozen=True)
+class DemoCase:
+    """How one patient appears in one snapshot."""
+
+    patient_id: str
+    seed: int
+    annotation: str  # "SEG", "RTSTRUCT" or "" (inbox)
+    tumour_scale: float = 1.0
+    tag: str = "v1"
+
+
+def demo_plan() -> dict[str, list[DemoCase]]:
+    """The demo's layout: snapshot folder name (or ``inbox``) -> cases."""
+    rough = (1, 2, 4)  # first-pass annotations that the second snapshot refines
+    first = [
+        DemoCase(
+            f"P{n:03d}",
+            seed=n,
+            annotation="SEG" if n % 2 else "RTSTRUCT",
+            tumour_scale=0.8 if n in rough else 1.0,
+        )
+        for n in range(1, 8)
+    ]
+    # The second snapshot brings new patients and refined annotations of earlier ones; refined
+    # annotations come back as SEG, the way researchers edit our predicted SEGs.
+    second = [DemoCase(f"P{n:03d}", seed=n, annotation="SEG" if n % 2 else "RTSTRUCT") for n in range(8, 12)]
+    second += [DemoCase(f"P{n:03d}", seed=n, annotation="SEG", tag="v2") for n in rough]
+    inbox = [DemoCase(f"P{n:03d}", seed=n, annotation="") for n in (101, 102, 103)]
+    return {
+        f"{SNAPSHOT_DATES[0]}__{DEMO_DATASET}": first,
+        f"{SNAPSHOT_DATES[1]}__{DEMO_DATASET}": second,
+        "inbox": inbox,
+    }
+
+
+def write_demo_dataset(root: Path) -> list[Path]:
+    """Write the demo dataset under ``root`` (= ``data/rawdata/demo``); return the folders written.
+
+    Parameters
+    ----------
+    root
+        Folder that receives one sub-folder per snapshot plus ``inbox``. Existing snapshot
+        folders are left alone, so the command never overwrites researchers' data.
+    """
+    from tqdm import tqdm
+
+    written: list[Path] = []
+    plan = demo_plan()
+    for folder_name, cases in plan.items():
+        folder = root / folder_name
+        if folder.exists():
+            logger.info("%s exists; leaving it untouched", folder)
+            continue
+        staging = root / f".{folder_name}.partial"
+        for case in tqdm(cases, desc=folder_name, unit="patient", disable=None):
+            phantom = make_phantom(case.patient_id, case.seed)
+            patient_dir = staging / case.patient_id
+            ct = write_ct_series(phantom, patient_dir / "CT")
+            drawn = annotated(phantom, case.tumour_scale)
+            if case.annotation == "SEG":
+                _, masks = phantom_arrays(drawn)
+                write_seg(drawn, ct, patient_dir / "SEG" / "seg.dcm", masks, case.tag)
+            elif case.annotation == "RTSTRUCT":
+                write_rtstruct(drawn, ct, patient_dir / "RTSTRUCT" / "rtstruct.dcm", case.tag)
+        staging.rename(folder)
+        written.append(folder)
+        logger.info("wrote %s (%d patients)", folder, len(cases))
+    return written
+
+
+def read_slices(folder: Path) -> list[Dataset]:
+    """Read every DICOM file below ``folder`` without pixel data (test helper)."""
+    return [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(folder.rglob("*.dcm"))]

@@ -1,0 +1,33 @@
+"""Exceptions that carry a message a researcher can act on (what, where, and the fix)."""
+
+
+class IterSegError(Exception):
+    """Base class; the CLI prints its message as one line and exits non-zero."""
+
+
+class ConfigError(IterSegError):
+    """The workflow configuration or an ROI YAML is invalid."""
+
+
+class SnapshotError(IterSegError):
+    """A snapshot folder under rawdata is misnamed, empty or inconsistent."""
+
+
+class ConversionError(IterSegError):
+    """med-imagetools could not convert one or more cases."""
+
+
+class PlanTransferError(IterSegError):
+    """Plans or weights of an earlier iteration cannot be reused."""
+
+
+class TrainingError(IterSegError):
+    """nnU-Net training did not produce a final checkpoint."""
+
+
+class PredictionError(IterSegError):
+    """An inbox case could not be read, predicted or exported."""
+
+
+class PromotionError(IterSegError):
+    """The ``latest`` link could not be moved."""

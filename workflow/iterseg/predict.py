@@ -1,0 +1,156 @@
+"""Predict every inbox case with an iteration's fold ensemble and export DICOM-SEGs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from iterseg.dicom_series import ImageSeries, find_image_series, read_volume
+from iterseg.errors import PredictionError
+from iterseg.layout import model_dir
+from iterseg.nnunet_env import configure_nnunet
+from iterseg.plan import read_record
+from iterseg.seg_export import export_seg
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InboxCase:
+    """One image series to predict."""
+
+    case_id: str
+    folder: Path
+    series: ImageSeries
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Where a case's outputs went (paths relative to the iteration's results folder)."""
+
+    case_id: str
+    patient_id: str
+    series_uid: str
+    label: str
+    seg: str
+    voxels_per_label: dict[str, int]
+
+
+def discover_inbox(inbox: Path, modality: str) -> list[InboxCase]:
+    """One case per ``modality`` image series in each sub-folder of ``inbox``.
+
+    A folder with one series gives case ``<folder>``; with several, ``<folder>_S<SeriesNumber>``.
+    """
+    if not inbox.is_dir():
+        logger.warning("%s: no inbox folder; nothing to predict", inbox)
+        return []
+    cases = []
+    for folder in sorted(p for p in inbox.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        series = find_image_series(folder, modality)
+        if not series:
+            logger.warning("%s: no %s series found; skipped", folder, modality)
+        base = re.sub(r"[^A-Za-z0-9_-]+", "-", folder.name)
+        for s in series:
+            number = getattr(s.datasets[0], "SeriesNumber", None)
+            cid = base if len(series) == 1 else f"{base}_S{number if number is not None else s.series_uid[-6:]}"
+            cases.append(InboxCase(cid, folder, s))
+    return cases
+
+
+def predict_inbox(
+    work: Path,
+    plan_record: Path,
+    trainer: str,
+    folds: tuple[str, ...],
+    device: str,
+    inbox: Path,
+    modality: str,
+    out: Path,
+    description: str,
+) -> list[Prediction]:
+    """Predict all inbox cases with the ensemble of ``folds`` and write NIfTI labels + DICOM-SEGs.
+
+    Parameters
+    ----------
+    work
+        Iteration folder with the trained model.
+    plan_record
+        The plan step's record (dataset, plans, configuration).
+    trainer, folds, device
+        Which trained model to load and where to run it.
+    inbox
+        ``rawdata/<dataset>/inbox``; only read.
+    modality
+        Image modality to look for.
+    out
+        The iteration's results folder; ``labels/`` and ``seg/`` are written there.
+    description
+        SeriesDescription of the SEGs (also records the model).
+
+    Returns
+    -------
+    list[Prediction]
+        Also written to ``out/predictions.json`` by the CLI.
+    """
+    from tqdm import tqdm
+
+    record = read_record(plan_record)
+    configure_nnunet(work, device=device)
+    import SimpleITK as sitk
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    cases = discover_inbox(inbox, modality)
+    folder = model_dir(work, record.dataset_name, trainer, record.plans, record.configuration)
+    predictor = nnUNetPredictor(
+        device=torch.device(device), perform_everything_on_device=device != "cpu", allow_tqdm=False
+    )
+    predictor.initialize_from_trained_model_folder(
+        str(folder), use_folds=tuple(f if f == "all" else int(f) for f in folds)
+    )
+    labels: dict[str, int] = predictor.dataset_json["labels"]
+    staging = out / ".predictions.partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+    results: list[Prediction] = []
+    for case in tqdm(cases, desc="predict", unit="case", disable=None):
+        try:
+            array, geometry = read_volume(case.series)
+        except RuntimeError as exc:
+            raise PredictionError(f"{case.folder}: SimpleITK could not read the series ({exc}).") from exc
+        props = {"spacing": list(geometry["spacing"])[::-1]}
+        seg = predictor.predict_single_npy_array(array[None].astype(np.float32), props, None, None, False)
+        seg = np.asarray(seg, dtype=np.uint8)
+        image = sitk.GetImageFromArray(seg)
+        image.SetSpacing(geometry["spacing"])
+        image.SetOrigin(geometry["origin"])
+        image.SetDirection(geometry["direction"])
+        label_rel = Path("labels") / f"{case.case_id}.nii.gz"
+        seg_rel = Path("seg") / f"{case.case_id}.dcm"
+        (staging / "labels").mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(image, str(staging / label_rel), useCompression=True)
+        export_seg(seg, case.series.datasets, labels, staging / seg_rel, description, description)
+        counts = {name: int((seg == value).sum()) for name, value in labels.items() if value > 0}
+        logger.info("%s: predicted %s", case.case_id, counts)
+        results.append(
+            Prediction(case.case_id, case.series.patient_id, case.series.series_uid, str(label_rel), str(seg_rel), counts)
+        )
+    for sub in ("labels", "seg"):
+        target = out / sub
+        if target.exists():
+            shutil.rmtree(target)
+        if (staging / sub).exists():
+            (staging / sub).rename(target)
+    shutil.rmtree(staging, ignore_errors=True)
+    return results
+
+
+def write_predictions(predictions: list[Prediction], path: Path) -> None:
+    """Write the prediction manifest (the predict step's snakemake output)."""
+    path.write_text(json.dumps([asdict(p) for p in predictions], indent=2))

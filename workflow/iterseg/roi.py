@@ -1,0 +1,60 @@
+"""ROI YAML: nnU-Net label name -> regexes over ROI/segment names, as med-imagetools reads it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from iterseg.errors import ConfigError
+
+LABEL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+def load_roi_yaml(path: Path) -> dict[str, list[str]]:
+    """Read and check an ROI YAML; return labels in file order with their patterns.
+
+    The order defines the nnU-Net label values (1, 2, ...) and which label wins where ROIs
+    overlap under the sparse_mask strategy (the later one).
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing, is not a mapping of names to regex lists, or a regex does not
+        compile; the message names the file and the label.
+    """
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: ROI YAML not found. Write it as 'label: [regex, ...]' per line "
+            "(see config/roi_demo.yaml) or set datasets.<name>.roi_yaml in the config."
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}).") from exc
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(f"{path}: expected a mapping 'label: [regex, ...]' with at least one label.")
+    labels: dict[str, list[str]] = {}
+    for name, patterns in data.items():
+        if not isinstance(name, str) or not LABEL_NAME.match(name) or name.lower() == "background":
+            raise ConfigError(
+                f"{path}: label {name!r} is not usable; use letters, digits, '_' or '-', "
+                "starting with a letter, and not 'background'."
+            )
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        if not isinstance(patterns, list) or not patterns or not all(isinstance(p, str) for p in patterns):
+            raise ConfigError(f"{path}: label {name!r} needs a regex or a non-empty list of regexes.")
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"{path}: label {name!r}: regex {pattern!r} does not compile ({exc}).") from exc
+        labels[name] = list(patterns)
+    return labels
+
+
+def label_values(labels: dict[str, list[str]]) -> dict[str, int]:
+    """nnU-Net's ``labels`` mapping for dataset.json: background 0, then file order."""
+    return {"background": 0, **{name: i for i, name in enumerate(labels, start=1)}}

@@ -1,0 +1,79 @@
+"""Label maps -> DICOM-SEG with highdicom, one segment per ROI label, frames on source slices."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from iterseg import __version__
+from iterseg.dicom_codes import segment_description
+
+logger = logging.getLogger(__name__)
+
+
+def export_seg(
+    label_map: np.ndarray,
+    source: Sequence[pydicom.Dataset],
+    labels: Mapping[str, int],
+    path: Path,
+    series_description: str,
+    algorithm_version: str,
+) -> pydicom.Dataset:
+    """Write ``label_map`` as a BINARY DICOM-SEG referencing ``source``.
+
+    Parameters
+    ----------
+    label_map
+        (slices, rows, columns) integer labels; slice k belongs to ``source[k]``.
+    source
+        The image series' datasets sorted by position along the slice normal (headers suffice).
+    labels
+        nnU-Net's label mapping (name -> value, background 0); segment numbers follow the values.
+    path
+        Output file.
+    series_description
+        SeriesDescription shown by viewers.
+    algorithm_version
+        Model identification (e.g. dataset and iteration) recorded in each segment.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    if label_map.shape != (len(source), int(source[0].Rows), int(source[0].Columns)):
+        raise ValueError(f"label map {label_map.shape} does not match {len(source)} source slices")
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="iterseg nnU-Net",
+        family=codes.cid7162.ArtificialIntelligence,
+        version=algorithm_version[:64],
+    )
+    named = sorted((value, name) for name, value in labels.items() if value > 0)
+    # BINARY segments, not LABELMAP: viewers' LABELMAP support is still young.
+    stacked = np.stack([label_map == value for value, _ in named], axis=-1).astype(np.uint8)
+    descriptions = [segment_description(i, name, algorithm) for i, (_, name) in enumerate(named, start=1)]
+    seg = hd.seg.Segmentation(
+        source_images=list(source),
+        pixel_array=stacked,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=900,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="iterseg",
+        manufacturer_model_name="iterseg",
+        software_versions=__version__,
+        device_serial_number="none",
+        series_description=series_description[:64],
+        content_label="ITERSEG",
+        content_description=series_description[:64],
+        omit_empty_frames=bool(label_map.any()),  # highdicom needs one frame when all are empty
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    seg.save_as(tmp)
+    tmp.replace(path)
+    return seg

@@ -1,0 +1,115 @@
+"""Train one fold of one iteration with nnU-Net; later iterations fine-tune the previous model."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from iterseg.errors import PlanTransferError, TrainingError
+from iterseg.layout import fold_dir_name, model_dir
+from iterseg.nnunet_env import configure_nnunet
+from iterseg.plan import read_record
+
+logger = logging.getLogger(__name__)
+
+
+def check_checkpoint_compatible(checkpoint: Path, plans_file: Path, configuration: str) -> None:
+    """Fail before training when ``checkpoint`` was trained with another architecture.
+
+    nnU-Net only asserts this after start-up and data loading; we compare the architecture
+    recorded in the checkpoint with the one this iteration will build.
+    """
+    import torch
+
+    if not checkpoint.is_file():
+        raise PlanTransferError(
+            f"{checkpoint}: the previous iteration's final checkpoint is missing; re-run that "
+            "iteration's training first (snakemake does this when its outputs are removed)."
+        )
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    saved_plans: dict[str, Any] = saved["init_args"]["plans"]
+    saved_conf = saved["init_args"]["configuration"]
+    plans = json.loads(plans_file.read_text())
+    before = saved_plans["configurations"][saved_conf]["architecture"]
+    now = plans["configurations"][configuration]["architecture"]
+    if before != now or saved_conf != configuration:
+        raise PlanTransferError(
+            f"{checkpoint} was trained with configuration {saved_conf!r} and another network "
+            f"architecture than {plans_file} ({configuration!r}); its weights cannot be loaded. "
+            "Keep the nnunet settings of the first iteration, or start a new dataset."
+        )
+    before_channels = len(saved["init_args"]["dataset_json"]["channel_names"])
+    now_channels = len(json.loads((plans_file.parent / "dataset.json").read_text())["channel_names"])
+    if before_channels != now_channels:
+        raise PlanTransferError(
+            f"{checkpoint}: trained on {before_channels} input channel(s), this iteration has {now_channels}."
+        )
+
+
+def train_fold(
+    work: Path,
+    plan_record: Path,
+    trainer: str,
+    fold: str,
+    device: str,
+    threads: int,
+    pretrained: Path | None = None,
+) -> Path:
+    """Train ``fold`` of the iteration in ``work`` and return its ``checkpoint_final.pth``.
+
+    Parameters
+    ----------
+    work
+        Iteration folder (nnU-Net roots inside).
+    plan_record
+        The plan step's record: dataset, plans, configuration and where the plans came from.
+    trainer
+        nnU-Net trainer class name (nnU-Net's own or one in ``iterseg/trainers``).
+    fold
+        ``0``-``4`` or ``all``.
+    device
+        ``cuda``, ``cpu`` or ``mps``.
+    threads
+        Data-augmentation workers.
+    pretrained
+        The previous iteration's ``checkpoint_final.pth`` of the same fold; None trains from scratch.
+    """
+    record = read_record(plan_record)
+    configure_nnunet(work, threads=threads, device=device)
+    import torch
+    from nnunetv2.run.run_training import run_training
+
+    plans_file = work / "nnUNet_preprocessed" / record.dataset_name / f"{record.plans}.json"
+    if pretrained is not None:
+        check_checkpoint_compatible(pretrained, plans_file, record.configuration)
+        logger.info(
+            "fold %s: fine-tuning from %s with plans transferred from %s",
+            fold, pretrained, record.plans_source or record.dataset_name,
+        )
+    else:
+        logger.info("fold %s: training from scratch with plans %s of %s", fold, record.plans, record.dataset_name)
+    if device == "cpu":
+        torch.set_num_threads(max(1, threads))
+    run_training(
+        record.dataset_name,
+        record.configuration,
+        fold,
+        trainer_class_name=trainer,
+        plans_identifier=record.plans,
+        pretrained_weights=str(pretrained) if pretrained else None,
+        device=torch.device(device),
+    )
+    checkpoint = (
+        model_dir(work, record.dataset_name, trainer, record.plans, record.configuration)
+        / fold_dir_name(fold)
+        / "checkpoint_final.pth"
+    )
+    if not checkpoint.is_file():
+        raise TrainingError(
+            f"nnU-Net finished fold {fold} of {record.dataset_name} without {checkpoint}; see the "
+            "training log above and nnU-Net's training_log_*.txt in the fold folder."
+        )
+    logger.info("fold %s: final checkpoint %s", fold, checkpoint)
+    return checkpoint

@@ -1,0 +1,152 @@
+"""Start-up: validate the config, find every dataset's snapshots once, name the paths.
+
+Logic lives in the iterseg package; this file only turns it into input functions.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
+
+from iterseg.config import load_settings
+from iterseg.errors import IterSegError
+from iterseg.snapshots import discover_snapshots, nnunet_dataset_name
+
+try:
+    SETTINGS = load_settings(config)
+    SNAPSHOTS = {
+        name: discover_snapshots(SETTINGS.rawdata, name, SETTINGS.inbox)
+        for name in SETTINGS.datasets
+    }
+except IterSegError as exc:
+    raise WorkflowError(str(exc)) from None
+
+# Jobs call the `iterseg` of the environment snakemake runs in, activated or not.
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+NN = SETTINGS.nnunet
+PROC = str(SETTINGS.procdata)
+RES = str(SETTINGS.results)
+RAW = str(SETTINGS.rawdata)
+WORK = PROC + "/{dataset}/{date}__{dataset}"
+ITER_RESULTS = RES + "/{dataset}/{date}"
+LOGS = ITER_RESULTS + "/logs"
+TRAIN_GPUS = 1 if NN.device == "cuda" else 0
+
+if not SETTINGS.datasets:
+    logger.warning(
+        "No datasets in the config: add one under `datasets:` in config/config.yaml "
+        "(or run the demo: snakemake --configfile config/demo.yaml)."
+    )
+for _name, _snaps in SNAPSHOTS.items():
+    if not _snaps:
+        logger.warning(f"dataset {_name}: no snapshots under {RAW}/{_name}/ yet")
+
+
+wildcard_constraints:
+    dataset="[A-Za-z][A-Za-z0-9-]*",
+    date=r"\d{4}-\d{2}-\d{2}",
+    fold="[0-4]|all",
+
+
+def _snapshot(wildcards):
+    for snap in SNAPSHOTS[wildcards.dataset]:
+        if snap.date == wildcards.date:
+            return snap
+    raise WorkflowError(f"no snapshot {wildcards.date}__{wildcards.dataset} under {RAW}/{wildcards.dataset}/")
+
+
+def _first(wildcards):
+    return SNAPSHOTS[wildcards.dataset][0]
+
+
+def _previous(wildcards):
+    snap = _snapshot(wildcards)
+    return SNAPSHOTS[wildcards.dataset][snap.index - 1] if snap.index > 0 else None
+
+
+def dataset_settings(wildcards):
+    return SETTINGS.datasets[wildcards.dataset]
+
+
+def snapshot_dir(wildcards):
+    return str(_snapshot(wildcards).path)
+
+
+def roi_yaml(wildcards):
+    return str(dataset_settings(wildcards).roi_yaml)
+
+
+def modality(wildcards):
+    return dataset_settings(wildcards).modality
+
+
+def mask_saving_strategy(wildcards):
+    return dataset_settings(wildcards).mask_saving_strategy
+
+
+def nnunet_name(wildcards):
+    snap = _snapshot(wildcards)
+    return nnunet_dataset_name(snap.dataset, dataset_settings(wildcards).dataset_id, snap.index, snap.date)
+
+
+def training_snapshots(wildcards):
+    """Converted snapshots an iteration trains on, in date order (newest annotation wins)."""
+    snap = _snapshot(wildcards)
+    chosen = SNAPSHOTS[wildcards.dataset][: snap.index + 1]
+    if NN.train_on == "snapshot":
+        chosen = [snap]
+    return [f"{PROC}/{s.dataset}/{s.folder_name}/converted/cases.json" for s in chosen]
+
+
+def converted_dirs(wildcards):
+    return [str(Path(p).parent) for p in training_snapshots(wildcards)]
+
+
+def plans_source(wildcards):
+    """Later iterations reuse the first iteration's plans; the first plans itself."""
+    snap = _snapshot(wildcards)
+    if snap.index == 0:
+        return []
+    return f"{PROC}/{snap.dataset}/{_first(wildcards).folder_name}/planned.json"
+
+
+def plans_source_arg(wildcards, input):
+    return f"--source-record {input.source}" if input.source else ""
+
+
+def previous_fold(wildcards):
+    prev = _previous(wildcards)
+    if prev is None:
+        return []
+    return f"{PROC}/{prev.dataset}/{prev.folder_name}/trained/fold_{wildcards.fold}.json"
+
+
+def pretrained_arg(wildcards, input):
+    return f"--pretrained-from {input.previous}" if input.previous else ""
+
+
+def fold_records(wildcards):
+    return expand(WORK + "/trained/fold_{fold}.json", fold=NN.folds, allow_missing=True)
+
+
+def previous_iteration(wildcards):
+    """Iterations are promoted in date order, so `latest` only ever moves forward."""
+    prev = _previous(wildcards)
+    if prev is None:
+        return []
+    return f"{RES}/{prev.dataset}/{prev.date}/iteration.json"
+
+
+def inbox_dir(wildcards):
+    return f"{RAW}/{wildcards.dataset}/{SETTINGS.inbox}"
+
+
+def all_iterations(wildcards):
+    return [
+        f"{RES}/{snap.dataset}/{snap.date}/iteration.json"
+        for snaps in SNAPSHOTS.values()
+        for snap in snaps
+    ]

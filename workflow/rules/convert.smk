@@ -1,0 +1,48 @@
+"""Convert: a dated rawdata snapshot -> NIfTI cases (med-imagetools) -> the iteration's nnU-Net raw dataset."""
+
+
+rule convert_snapshot:
+    input:
+        snapshot=snapshot_dir,
+        roi=roi_yaml,
+    output:
+        cases=WORK + "/converted/cases.json",
+    log:
+        LOGS + "/convert_snapshot.log",
+    benchmark:
+        ITER_RESULTS + "/benchmarks/convert_snapshot.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    params:
+        out=WORK + "/converted",
+        modality=modality,
+        strategy=mask_saving_strategy,
+    shell:
+        "iterseg convert --snapshot {input.snapshot:q} --out {params.out:q}"
+        " --roi-yaml {input.roi:q} --modality {params.modality:q}"
+        " --mask-saving-strategy {params.strategy:q} --jobs {threads} > {log:q} 2>&1"
+
+
+rule convert_assemble:
+    input:
+        converted=training_snapshots,
+        roi=roi_yaml,
+    output:
+        record=WORK + "/assembled.json",
+    log:
+        LOGS + "/convert_assemble.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=30,
+    params:
+        work=WORK,
+        name=nnunet_name,
+        converted=converted_dirs,
+        modality=modality,
+    shell:
+        "iterseg assemble --work {params.work:q} --dataset-name {params.name:q}"
+        " --converted {params.converted:q} --roi-yaml {input.roi:q}"
+        " --modality {params.modality:q} --output {output.record:q} > {log:q} 2>&1"

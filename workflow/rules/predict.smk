@@ -1,0 +1,32 @@
+"""Predict: the iteration's fold ensemble on every inbox case -> label NIfTI + DICOM-SEG (highdicom)."""
+
+
+rule predict_inbox:
+    input:
+        plan=WORK + "/planned.json",
+        folds=fold_records,
+    output:
+        manifest=ITER_RESULTS + "/predictions.json",
+    log:
+        LOGS + "/predict_inbox.log",
+    benchmark:
+        ITER_RESULTS + "/benchmarks/predict_inbox.tsv"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=120,
+        gpu=TRAIN_GPUS,
+    params:
+        work=WORK,
+        trainer=NN.trainer,
+        folds=NN.folds,
+        device=NN.device,
+        inbox=inbox_dir,
+        modality=modality,
+        out=ITER_RESULTS,
+        description="iterseg {dataset} {date}",
+    shell:
+        "iterseg predict --work {params.work:q} --plan-record {input.plan:q}"
+        " --trainer {params.trainer:q} --folds {params.folds:q} --device {params.device:q}"
+        " --inbox {params.inbox:q} --modality {params.modality:q} --out {params.out:q}"
+        " --description {params.description:q} --output {output.manifest:q} > {log:q} 2>&1"

@@ -1,0 +1,23 @@
+"""Results: once every fold and the predictions exist, record the iteration and move `latest` to it."""
+
+
+rule results_promote:
+    input:
+        plan=WORK + "/planned.json",
+        folds=fold_records,
+        predictions=ITER_RESULTS + "/predictions.json",
+        previous=previous_iteration,
+    output:
+        summary=ITER_RESULTS + "/iteration.json",
+    log:
+        LOGS + "/results_promote.log",
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        results=RES + "/{dataset}",
+    shell:
+        "iterseg promote --results {params.results:q} --iteration {wildcards.date:q}"
+        " --plan-record {input.plan:q} --fold-records {input.folds:q}"
+        " --predictions {input.predictions:q} --output {output.summary:q} > {log:q} 2>&1"

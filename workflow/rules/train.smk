@@ -1,0 +1,27 @@
+"""Train: one job per fold; every iteration after the first fine-tunes the previous one's fold."""
+
+
+rule train_fold:
+    input:
+        plan=WORK + "/planned.json",
+        previous=previous_fold,
+    output:
+        record=WORK + "/trained/fold_{fold}.json",
+    log:
+        LOGS + "/train_fold_{fold}.log",
+    benchmark:
+        ITER_RESULTS + "/benchmarks/train_fold_{fold}.tsv"
+    threads: 2
+    resources:
+        mem_mb=NN.train_mem_mb,
+        runtime=NN.train_runtime,
+        gpu=TRAIN_GPUS,
+    params:
+        work=WORK,
+        trainer=NN.trainer,
+        device=NN.device,
+        pretrained=pretrained_arg,
+    shell:
+        "iterseg train --work {params.work:q} --plan-record {input.plan:q}"
+        " --trainer {params.trainer:q} --fold {wildcards.fold:q} --device {params.device:q}"
+        " --threads {threads} {params.pretrained} --output {output.record:q} > {log:q} 2>&1"
