@@ -15,7 +15,9 @@ def seg_label_map(seg_path: Path, source: Sequence[pydicom.Dataset]) -> np.ndarr
     seg = hd.seg.segread(seg_path)
     uids = [str(ds.SOPInstanceUID) for ds in source]
     pixels = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=uids, combine_segments=True, skip_overlap_checks=False,
+        source_sop_instance_uids=uids,
+        combine_segments=True,
+        skip_overlap_checks=False,
         assert_missing_frames_are_empty=True,
     )
     return np.asarray(pixels)
@@ -26,7 +28,9 @@ def frame_positions_on_source_slices(seg_path: Path, source: Sequence[pydicom.Da
     seg = pydicom.dcmread(seg_path)
     source_positions = {tuple(np.round(np.asarray(ds.ImagePositionPatient, float), 4)) for ds in source}
     frames = seg.PerFrameFunctionalGroupsSequence
-    positions = [tuple(np.round(np.asarray(f.PlanePositionSequence[0].ImagePositionPatient, float), 4)) for f in frames]
+    positions = [
+        tuple(np.round(np.asarray(f.PlanePositionSequence[0].ImagePositionPatient, float), 4)) for f in frames
+    ]
     return len(positions) > 0 and set(positions) <= source_positions
 
 

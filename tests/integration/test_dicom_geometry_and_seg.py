@@ -3,7 +3,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-
 from iterseg.demo import make_phantom, phantom_arrays, write_ct_series
 from iterseg.dicom_series import find_image_series, read_volume, sort_by_position
 from iterseg.errors import PredictionError

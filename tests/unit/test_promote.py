@@ -2,7 +2,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from iterseg.errors import PromotionError
 from iterseg.promote import current_latest, promote
 

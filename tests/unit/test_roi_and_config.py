@@ -2,7 +2,6 @@ import copy
 from pathlib import Path
 
 import pytest
-
 from iterseg.config import load_settings
 from iterseg.errors import ConfigError
 from iterseg.roi import label_values, load_roi_yaml
@@ -84,4 +83,7 @@ def test_repository_configs_are_valid() -> None:
     merged["nnunet"].update(demo["nnunet"])
     settings = load_settings(merged)
     assert settings.nnunet.trainer == "nnUNetTrainerIterSegDemo"
-    assert load_roi_yaml(repo / settings.datasets["demo"].roi_yaml) == {"liver": ["^liver$"], "tumour": ["^gtv.*", "tumou?r"]}
+    assert load_roi_yaml(repo / settings.datasets["demo"].roi_yaml) == {
+        "liver": ["^liver$"],
+        "tumour": ["^gtv.*", "tumou?r"],
+    }

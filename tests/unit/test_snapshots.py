@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-
 from iterseg.errors import SnapshotError
 from iterseg.snapshots import discover_snapshots, nnunet_dataset_name
 
@@ -14,7 +13,14 @@ def make(root: Path, *names: str) -> None:
 
 
 def test_snapshots_sorted_by_date_and_inbox_skipped(tmp_path: Path) -> None:
-    make(tmp_path / "liver", "2026-03-01__liver", "2025-12-31__liver", "inbox", ".imgtools", "2026-01-10__liver")
+    make(
+        tmp_path / "liver",
+        "2026-03-01__liver",
+        "2025-12-31__liver",
+        "inbox",
+        ".imgtools",
+        "2026-01-10__liver",
+    )
     (tmp_path / "liver" / "notes.txt").write_text("not a folder")
     snaps = discover_snapshots(tmp_path, "liver")
     assert [s.date for s in snaps] == ["2025-12-31", "2026-01-10", "2026-03-01"]
@@ -47,6 +53,8 @@ def test_missing_dataset_folder(tmp_path: Path) -> None:
 def test_dataset_names_are_stable_and_bounded() -> None:
     assert nnunet_dataset_name("liver", 101, 0, "2026-01-10") == "Dataset101_liver_20260110"
     assert nnunet_dataset_name("liver", 101, 2, "2026-03-01") == "Dataset103_liver_20260301"
-    assert nnunet_dataset_name("liver", 101, 2, "2026-03-01") == nnunet_dataset_name("liver", 101, 2, "2026-03-01")
+    assert nnunet_dataset_name("liver", 101, 2, "2026-03-01") == nnunet_dataset_name(
+        "liver", 101, 2, "2026-03-01"
+    )
     with pytest.raises(SnapshotError, match="outside 1-999"):
         nnunet_dataset_name("liver", 998, 2, "2026-03-01")

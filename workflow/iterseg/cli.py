@@ -38,8 +38,12 @@ def cmd_convert(args: argparse.Namespace) -> None:
     from iterseg.convert import convert_snapshot
 
     convert_snapshot(
-        Path(args.snapshot), Path(args.out), Path(args.roi_yaml), args.modality,
-        args.mask_saving_strategy, args.jobs,
+        Path(args.snapshot),
+        Path(args.out),
+        Path(args.roi_yaml),
+        args.modality,
+        args.mask_saving_strategy,
+        args.jobs,
     )
 
 
@@ -65,8 +69,13 @@ def cmd_plan(args: argparse.Namespace) -> None:
         source = read_record(Path(args.source_record))
         source_work, source_name = Path(args.source_record).parent, source.dataset_name
     record = plan_dataset(
-        Path(args.work), args.dataset_name, args.configuration, args.plans, args.processes,
-        source_work, source_name,
+        Path(args.work),
+        args.dataset_name,
+        args.configuration,
+        args.plans,
+        args.processes,
+        source_work,
+        source_name,
     )
     write_record(record, Path(args.output))
 
@@ -80,7 +89,13 @@ def cmd_train(args: argparse.Namespace) -> None:
         pretrained = Path(json.loads(Path(args.pretrained_from).read_text())["checkpoint"])
     started = time.monotonic()
     checkpoint = train_fold(
-        Path(args.work), Path(args.plan_record), args.trainer, args.fold, args.device, args.threads, pretrained
+        Path(args.work),
+        Path(args.plan_record),
+        args.trainer,
+        args.fold,
+        args.device,
+        args.threads,
+        pretrained,
     )
     _write_json(
         Path(args.output),
@@ -100,8 +115,15 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     predictions = predict_inbox(
-        Path(args.work), Path(args.plan_record), args.trainer, tuple(args.folds), args.device,
-        Path(args.inbox), args.modality, out, args.description,
+        Path(args.work),
+        Path(args.plan_record),
+        args.trainer,
+        tuple(args.folds),
+        args.device,
+        Path(args.inbox),
+        args.modality,
+        out,
+        args.description,
     )
     write_predictions(predictions, Path(args.output))
 
@@ -127,8 +149,9 @@ def cmd_promote(args: argparse.Namespace) -> None:
     promote(results, args.iteration)
 
 
-def _add(sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], None],
-         help_text: str) -> argparse.ArgumentParser:
+def _add(
+    sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], None], help_text: str
+) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
     parser.set_defaults(func=func)
     return parser
@@ -150,8 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--roi-yaml", required=True)
     p.add_argument("--modality", default="CT", choices=["CT", "MR"])
-    p.add_argument("--mask-saving-strategy", default="sparse_mask",
-                   choices=["sparse_mask", "label_image", "region_mask"])
+    p.add_argument(
+        "--mask-saving-strategy", default="sparse_mask", choices=["sparse_mask", "label_image", "region_mask"]
+    )
     p.add_argument("--jobs", type=int, default=1)
 
     p = _add(sub, "assemble", cmd_assemble, "build an iteration's nnU-Net raw dataset")
@@ -206,8 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _configure_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S",
-        stream=sys.stderr, force=True,
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
     )
     for noisy in ("highdicom", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

@@ -78,6 +78,7 @@ def validate_config(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> 
     ------
     ConfigError
         One message per problem, each naming the offending key and what the schema allows.
+
     """
     schema = yaml.safe_load(schema_path.read_text())
     errors = sorted(_validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))

@@ -16,7 +16,7 @@ import re
 import shutil
 from collections import defaultdict
 from dataclasses import asdict, dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 CASES_FILE = "cases.json"
 
 
-class AnnotationKind(str, Enum):
+class AnnotationKind(StrEnum):
     """DICOM modalities that carry annotations."""
 
     SEG = "SEG"
@@ -107,14 +107,14 @@ def scan_series(folder: Path) -> list[SeriesInfo]:
         headers.setdefault(uid, ds)
     series = []
     for uid, paths in files.items():
-        ds = headers[uid]
+        header = headers[uid]
         series.append(
             SeriesInfo(
                 series_uid=uid,
-                modality=str(ds.Modality),
-                patient_id=str(getattr(ds, "PatientID", "")),
+                modality=str(header.Modality),
+                patient_id=str(getattr(header, "PatientID", "")),
                 folder=paths[0].parent,
-                referenced_series=_referenced_series(ds),
+                referenced_series=_referenced_series(header),
                 files=tuple(paths),
             )
         )
@@ -130,6 +130,7 @@ def expected_cases(snapshot: Path, modality: str) -> dict[str, tuple[SeriesInfo,
         When the snapshot holds no annotation, an annotation points at an image series that
         is not in the snapshot, or one image series has several annotations (med-imagetools
         would silently keep the first).
+
     """
     series = scan_series(snapshot)
     images = {s.series_uid: s for s in series if s.modality == modality}
@@ -203,8 +204,7 @@ def _failure_message(result: Any) -> str:
     info = result.to_dict()
     folders = ", ".join(s["folder"] for s in info.get("samples", []))
     return (
-        f"patient {info.get('PatientID')} ({folders}): {info.get('error_type')}: "
-        f"{info.get('error_message')}"
+        f"patient {info.get('PatientID')} ({folders}): {info.get('error_type')}: {info.get('error_message')}"
     )
 
 
@@ -250,6 +250,7 @@ def convert_snapshot(
     ------
     ConversionError
         If med-imagetools failed any case or dropped one silently; the message lists each case.
+
     """
     roi_labels = load_roi_yaml(roi_yaml)
     expected = expected_cases(snapshot, modality)
@@ -264,8 +265,13 @@ def convert_snapshot(
         kind = AnnotationKind(kind_name)
         logger.info("%s: converting %s + %s with med-imagetools", snapshot.name, modality, kind.value)
         results = _run_imgtools(
-            snapshot, out / "imgtools" / kind.value.lower(), modality, kind, roi_labels,
-            mask_saving_strategy, jobs,
+            snapshot,
+            out / "imgtools" / kind.value.lower(),
+            modality,
+            kind,
+            roi_labels,
+            mask_saving_strategy,
+            jobs,
         )
         _check_label_numbering(out / "imgtools" / kind.value.lower(), label_values(roi_labels), problems)
         produced: set[str] = set()
@@ -287,7 +293,7 @@ def convert_snapshot(
                     f"med-imagetools wrote {[str(f) for f in result.output_files]}"
                 )
                 continue
-            image_info, ann_info = expected[image_uid]
+            image_info = expected[image_uid][0]
             cid = case_id(image_info.patient_id, image_uid)
             image_dst = out / "cases" / f"{cid}_0000.nii.gz"
             label_dst = out / "cases" / f"{cid}.nii.gz"
@@ -306,9 +312,7 @@ def convert_snapshot(
                     label=str(label_dst.relative_to(out)),
                 )
             )
-        failed_here = {
-            str(s.SeriesInstanceUID) for r in results if not r.success for s in r.sample
-        }
+        failed_here = {str(s.SeriesInstanceUID) for r in results if not r.success for s in r.sample}
         for uid, (image, ann) in expected.items():
             if ann.modality == kind.value and uid not in produced and uid not in failed_here:
                 problems.append(
@@ -359,6 +363,7 @@ def assemble_dataset(
         Defines the labels of dataset.json.
     modality
         Channel name (CT or MR).
+
     """
     labels = label_values(load_roi_yaml(roi_yaml))
     chosen: dict[str, tuple[Path, ConvertedCase]] = {}
@@ -367,7 +372,9 @@ def assemble_dataset(
             if case.case_id in chosen:
                 logger.info(
                     "case %s: annotation of snapshot %s replaces that of %s",
-                    case.case_id, case.snapshot, chosen[case.case_id][1].snapshot,
+                    case.case_id,
+                    case.snapshot,
+                    chosen[case.case_id][1].snapshot,
                 )
             chosen[case.case_id] = (folder, case)
     if raw_dataset.exists():
@@ -387,6 +394,8 @@ def assemble_dataset(
         + ", ".join(sorted({c.snapshot for _, c in chosen.values()})),
     }
     (raw_dataset / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
-    (raw_dataset / CASES_FILE).write_text(json.dumps([asdict(c) for _, c in sorted(chosen.values(), key=lambda x: x[1].case_id)], indent=2))
+    (raw_dataset / CASES_FILE).write_text(
+        json.dumps([asdict(c) for _, c in sorted(chosen.values(), key=lambda x: x[1].case_id)], indent=2)
+    )
     logger.info("%s: %d training case(s)", raw_dataset.name, len(chosen))
     return [c for _, c in chosen.values()]

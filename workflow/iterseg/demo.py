@@ -18,7 +18,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RTStructureSetStorage
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, RTStructureSetStorage
 
 from iterseg.dicom_codes import SegmentLabel, segment_description
 
@@ -135,10 +135,10 @@ def phantom_arrays(phantom: Phantom) -> tuple[np.ndarray, dict[SegmentLabel, np.
 
 def _file_meta(sop_class: str, sop_instance: str) -> FileMetaDataset:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = UID_ROOT + "1"
+    meta.ImplementationClassUID = UID(UID_ROOT + "1")
     return meta
 
 
@@ -353,6 +353,7 @@ def write_demo_dataset(root: Path) -> list[Path]:
     root
         Folder that receives one sub-folder per snapshot plus ``inbox``. Existing snapshot
         folders are left alone, so the command never overwrites researchers' data.
+
     """
     from tqdm import tqdm
 

@@ -31,7 +31,9 @@ def slice_normal(ds: pydicom.Dataset) -> np.ndarray:
     return normal / np.linalg.norm(normal)
 
 
-def sort_by_position(datasets: list[pydicom.Dataset], files: list[Path]) -> tuple[list[pydicom.Dataset], list[Path]]:
+def sort_by_position(
+    datasets: list[pydicom.Dataset], files: list[Path]
+) -> tuple[list[pydicom.Dataset], list[Path]]:
     """Sort slices by ImagePositionPatient projected on the slice normal (ascending).
 
     Never by file name or InstanceNumber: neither is guaranteed to follow the geometry.
@@ -40,6 +42,7 @@ def sort_by_position(datasets: list[pydicom.Dataset], files: list[Path]) -> tupl
     ------
     PredictionError
         If slices disagree on orientation, or two slices share a position.
+
     """
     if not datasets:
         raise PredictionError("empty series")
@@ -47,14 +50,20 @@ def sort_by_position(datasets: list[pydicom.Dataset], files: list[Path]) -> tupl
     for ds, path in zip(datasets, files, strict=True):
         if not np.allclose(slice_normal(ds), normal, atol=1e-4):
             raise PredictionError(f"{path}: ImageOrientationPatient differs from the rest of its series.")
-    positions = np.array([np.dot(np.asarray(ds.ImagePositionPatient, dtype=float), normal) for ds in datasets])
+    positions = np.array(
+        [np.dot(np.asarray(ds.ImagePositionPatient, dtype=float), normal) for ds in datasets]
+    )
     order = np.argsort(positions, kind="stable")
     gaps = np.diff(positions[order])
     if len(gaps) and np.min(gaps) < 1e-3:
         duplicate = files[int(order[int(np.argmin(gaps))])]
-        raise PredictionError(f"{duplicate}: two slices of the series share one position; remove the duplicate.")
+        raise PredictionError(
+            f"{duplicate}: two slices of the series share one position; remove the duplicate."
+        )
     if len(gaps) and not np.allclose(gaps, gaps[0], rtol=0.01, atol=0.01):
-        logger.warning("%s: slice spacing is not uniform (%s mm)", files[0].parent, np.unique(np.round(gaps, 3)))
+        logger.warning(
+            "%s: slice spacing is not uniform (%s mm)", files[0].parent, np.unique(np.round(gaps, 3))
+        )
     return [datasets[i] for i in order], [files[i] for i in order]
 
 
@@ -64,7 +73,7 @@ def find_image_series(folder: Path, modality: str) -> list[ImageSeries]:
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception:  # noqa: BLE001 - anything unreadable is simply not part of a series
+        except Exception:
             continue
         if getattr(ds, "Modality", None) != modality or "ImagePositionPatient" not in ds:
             continue
@@ -72,7 +81,9 @@ def find_image_series(folder: Path, modality: str) -> list[ImageSeries]:
     series = []
     for uid, items in sorted(grouped.items()):
         datasets, files = sort_by_position([d for d, _ in items], [p for _, p in items])
-        series.append(ImageSeries(uid, str(getattr(datasets[0], "PatientID", "")), tuple(files), tuple(datasets)))
+        series.append(
+            ImageSeries(uid, str(getattr(datasets[0], "PatientID", "")), tuple(files), tuple(datasets))
+        )
     return series
 
 

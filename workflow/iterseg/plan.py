@@ -41,8 +41,14 @@ def _plans_file(work: Path, dataset_name: str, plans: str) -> Path:
     return work / "nnUNet_preprocessed" / dataset_name / f"{plans}.json"
 
 
-def _check_transferable(source: dict[str, Any], target_json: dict[str, Any], configuration: str,
-                        source_json: dict[str, Any], source_name: str, target_name: str) -> None:
+def _check_transferable(
+    source: dict[str, Any],
+    target_json: dict[str, Any],
+    configuration: str,
+    source_json: dict[str, Any],
+    source_name: str,
+    target_name: str,
+) -> None:
     """Fail before training when the first iteration's weights could not be reused."""
     if configuration not in source["configurations"]:
         raise PlanTransferError(
@@ -59,7 +65,10 @@ def _check_transferable(source: dict[str, Any], target_json: dict[str, Any], con
     if source_json.get("labels") != target_json.get("labels"):
         logger.warning(
             "%s: labels %s differ from the first iteration's %s; the segmentation head will be "
-            "re-initialised by nnU-Net", target_name, target_json.get("labels"), source_json.get("labels"),
+            "re-initialised by nnU-Net",
+            target_name,
+            target_json.get("labels"),
+            source_json.get("labels"),
         )
 
 
@@ -93,6 +102,7 @@ def plan_dataset(
     ------
     PlanTransferError
         If the first iteration's plans are missing or incompatible with this dataset.
+
     """
     configure_nnunet(work, threads=processes)
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
@@ -133,7 +143,9 @@ def plan_dataset(
         logger.info("transferred plans %s of %s to %s", plans, source_name, dataset_name)
     # nnU-Net's preprocess expects dataset.json next to the plans; only planning copies it.
     shutil.copy2(work / "nnUNet_raw" / dataset_name / "dataset.json", target_pre / "dataset.json")
-    preprocess([target_id], plans_identifier=plans, configurations=(configuration,), num_processes=(processes,))
+    preprocess(
+        [target_id], plans_identifier=plans, configurations=(configuration,), num_processes=(processes,)
+    )
     plan = json.loads(_plans_file(work, dataset_name, plans).read_text())
     if configuration not in plan["configurations"]:
         raise PlanTransferError(

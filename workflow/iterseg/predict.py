@@ -58,7 +58,9 @@ def discover_inbox(inbox: Path, modality: str) -> list[InboxCase]:
         base = re.sub(r"[^A-Za-z0-9_-]+", "-", folder.name)
         for s in series:
             number = getattr(s.datasets[0], "SeriesNumber", None)
-            cid = base if len(series) == 1 else f"{base}_S{number if number is not None else s.series_uid[-6:]}"
+            cid = (
+                base if len(series) == 1 else f"{base}_S{number if number is not None else s.series_uid[-6:]}"
+            )
             cases.append(InboxCase(cid, folder, s))
     return cases
 
@@ -97,6 +99,7 @@ def predict_inbox(
     -------
     list[Prediction]
         Also written to ``out/predictions.json`` by the CLI.
+
     """
     from tqdm import tqdm
 
@@ -139,7 +142,14 @@ def predict_inbox(
         counts = {name: int((seg == value).sum()) for name, value in labels.items() if value > 0}
         logger.info("%s: predicted %s", case.case_id, counts)
         results.append(
-            Prediction(case.case_id, case.series.patient_id, case.series.series_uid, str(label_rel), str(seg_rel), counts)
+            Prediction(
+                case.case_id,
+                case.series.patient_id,
+                case.series.series_uid,
+                str(label_rel),
+                str(seg_rel),
+                counts,
+            )
         )
     for sub in ("labels", "seg"):
         target = out / sub

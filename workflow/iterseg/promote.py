@@ -32,6 +32,7 @@ def promote(results: Path, iteration: str) -> bool:
     ------
     PromotionError
         If the iteration folder is missing or ``latest`` is something other than a symlink.
+
     """
     link = results / "latest"
     if not (results / iteration).is_dir():

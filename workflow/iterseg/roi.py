@@ -23,6 +23,7 @@ def load_roi_yaml(path: Path) -> dict[str, list[str]]:
     ConfigError
         If the file is missing, is not a mapping of names to regex lists, or a regex does not
         compile; the message names the file and the label.
+
     """
     if not path.is_file():
         raise ConfigError(
@@ -50,7 +51,9 @@ def load_roi_yaml(path: Path) -> dict[str, list[str]]:
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise ConfigError(f"{path}: label {name!r}: regex {pattern!r} does not compile ({exc}).") from exc
+                raise ConfigError(
+                    f"{path}: label {name!r}: regex {pattern!r} does not compile ({exc})."
+                ) from exc
         labels[name] = list(patterns)
     return labels
 

@@ -39,6 +39,7 @@ def export_seg(
         SeriesDescription shown by viewers.
     algorithm_version
         Model identification (e.g. dataset and iteration) recorded in each segment.
+
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes

@@ -43,6 +43,7 @@ def nnunet_dataset_name(dataset: str, dataset_id: int, index: int, date: str) ->
         0-based iteration index in date order.
     date
         The snapshot date, ``YYYY-MM-DD``.
+
     """
     nn_id = dataset_id + index
     if not 1 <= nn_id <= 999:
@@ -64,6 +65,7 @@ def discover_snapshots(rawdata: Path, dataset: str, inbox: str = "inbox") -> lis
     SnapshotError
         On a misnamed folder, a folder of another dataset, an impossible date or two folders
         with the same date.
+
     """
     root = rawdata / dataset
     if not root.is_dir():

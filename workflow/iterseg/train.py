@@ -75,6 +75,7 @@ def train_fold(
         Data-augmentation workers.
     pretrained
         The previous iteration's ``checkpoint_final.pth`` of the same fold; None trains from scratch.
+
     """
     record = read_record(plan_record)
     configure_nnunet(work, threads=threads, device=device)
@@ -86,10 +87,14 @@ def train_fold(
         check_checkpoint_compatible(pretrained, plans_file, record.configuration)
         logger.info(
             "fold %s: fine-tuning from %s with plans transferred from %s",
-            fold, pretrained, record.plans_source or record.dataset_name,
+            fold,
+            pretrained,
+            record.plans_source or record.dataset_name,
         )
     else:
-        logger.info("fold %s: training from scratch with plans %s of %s", fold, record.plans, record.dataset_name)
+        logger.info(
+            "fold %s: training from scratch with plans %s of %s", fold, record.plans, record.dataset_name
+        )
     if device == "cpu":
         torch.set_num_threads(max(1, threads))
     run_training(

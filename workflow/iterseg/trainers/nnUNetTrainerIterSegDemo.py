@@ -28,6 +28,8 @@ class nnUNetTrainerIterSegDemo(nnUNetTrainer):
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):  # type: ignore[no-untyped-def] # noqa: N802
         """Keep nnU-Net's augmentation but switch mirroring off for training and inference."""
-        rotation, dummy_2d, initial_patch_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        rotation, dummy_2d, initial_patch_size, _ = (
+            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        )
         self.inference_allowed_mirroring_axes = None
         return rotation, dummy_2d, initial_patch_size, None
