@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 pytestmark = pytest.mark.unit
@@ -13,7 +12,9 @@ BIN = Path(sys.executable).parent
 
 
 def test_ruff_clean() -> None:
-    run = subprocess.run([str(BIN / "ruff"), "check", "workflow", "tests"], cwd=REPO, capture_output=True, text=True)
+    run = subprocess.run(
+        [str(BIN / "ruff"), "check", "workflow", "tests"], cwd=REPO, capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stdout
 
 

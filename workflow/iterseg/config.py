@@ -48,8 +48,6 @@ class Settings:
     """The whole validated configuration."""
 
     rawdata: Path
-    procdata: Path
-    results: Path
     inbox: str
     datasets: Mapping[str, DatasetSettings]
     nnunet: NnunetSettings
@@ -111,8 +109,6 @@ def load_settings(config: dict[str, Any], config_dir: Path = Path("config")) -> 
     }
     return Settings(
         rawdata=Path(config["rawdata"]),
-        procdata=Path(config["procdata"]),
-        results=Path(config["results"]),
         inbox=config["inbox"],
         datasets=datasets,
         nnunet=NnunetSettings(

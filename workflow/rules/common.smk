@@ -3,7 +3,7 @@
 Logic lives in the iterseg package; this file only turns it into input functions.
 """
 
-import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -24,15 +24,10 @@ except IterSegError as exc:
     raise WorkflowError(str(exc)) from None
 
 # Jobs call the `iterseg` of the environment snakemake runs in, activated or not.
-os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+shell.prefix(f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:\"$PATH\"; ")
 
 NN = SETTINGS.nnunet
-PROC = str(SETTINGS.procdata)
-RES = str(SETTINGS.results)
 RAW = str(SETTINGS.rawdata)
-WORK = PROC + "/{dataset}/{date}__{dataset}"
-ITER_RESULTS = RES + "/{dataset}/{date}"
-LOGS = ITER_RESULTS + "/logs"
 TRAIN_GPUS = 1 if NN.device == "cuda" else 0
 
 if not SETTINGS.datasets:
@@ -67,6 +62,19 @@ def _previous(wildcards):
     return SNAPSHOTS[wildcards.dataset][snap.index - 1] if snap.index > 0 else None
 
 
+def work_dir(wildcards):
+    """The iteration's procdata folder (nnU-Net's roots live inside)."""
+    return f"data/procdata/{wildcards.dataset}/{wildcards.date}__{wildcards.dataset}"
+
+
+def results_dir(wildcards):
+    return f"data/results/{wildcards.dataset}/{wildcards.date}"
+
+
+def dataset_results_dir(wildcards):
+    return f"data/results/{wildcards.dataset}"
+
+
 def dataset_settings(wildcards):
     return SETTINGS.datasets[wildcards.dataset]
 
@@ -98,7 +106,7 @@ def training_snapshots(wildcards):
     chosen = SNAPSHOTS[wildcards.dataset][: snap.index + 1]
     if NN.train_on == "snapshot":
         chosen = [snap]
-    return [f"{PROC}/{s.dataset}/{s.folder_name}/converted/cases.json" for s in chosen]
+    return [f"data/procdata/{s.dataset}/{s.folder_name}/converted/cases.json" for s in chosen]
 
 
 def converted_dirs(wildcards):
@@ -110,7 +118,7 @@ def plans_source(wildcards):
     snap = _snapshot(wildcards)
     if snap.index == 0:
         return []
-    return f"{PROC}/{snap.dataset}/{_first(wildcards).folder_name}/planned.json"
+    return f"data/procdata/{snap.dataset}/{_first(wildcards).folder_name}/planned.json"
 
 
 def plans_source_arg(wildcards, input):
@@ -121,7 +129,7 @@ def previous_fold(wildcards):
     prev = _previous(wildcards)
     if prev is None:
         return []
-    return f"{PROC}/{prev.dataset}/{prev.folder_name}/trained/fold_{wildcards.fold}.json"
+    return f"data/procdata/{prev.dataset}/{prev.folder_name}/trained/fold_{wildcards.fold}.json"
 
 
 def pretrained_arg(wildcards, input):
@@ -129,7 +137,7 @@ def pretrained_arg(wildcards, input):
 
 
 def fold_records(wildcards):
-    return expand(WORK + "/trained/fold_{fold}.json", fold=NN.folds, allow_missing=True)
+    return expand("data/procdata/{dataset}/{date}__{dataset}/trained/fold_{fold}.json", fold=NN.folds, allow_missing=True)
 
 
 def previous_iteration(wildcards):
@@ -137,7 +145,7 @@ def previous_iteration(wildcards):
     prev = _previous(wildcards)
     if prev is None:
         return []
-    return f"{RES}/{prev.dataset}/{prev.date}/iteration.json"
+    return f"data/results/{prev.dataset}/{prev.date}/iteration.json"
 
 
 def inbox_dir(wildcards):
@@ -146,7 +154,7 @@ def inbox_dir(wildcards):
 
 def all_iterations(wildcards):
     return [
-        f"{RES}/{snap.dataset}/{snap.date}/iteration.json"
+        f"data/results/{snap.dataset}/{snap.date}/iteration.json"
         for snaps in SNAPSHOTS.values()
         for snap in snaps
     ]

@@ -6,17 +6,17 @@ rule convert_snapshot:
         snapshot=snapshot_dir,
         roi=roi_yaml,
     output:
-        cases=WORK + "/converted/cases.json",
+        cases="data/procdata/{dataset}/{date}__{dataset}/converted/cases.json",
     log:
-        LOGS + "/convert_snapshot.log",
+        "data/results/{dataset}/{date}/logs/convert_snapshot.log",
     benchmark:
-        ITER_RESULTS + "/benchmarks/convert_snapshot.tsv"
+        "data/results/{dataset}/{date}/benchmarks/convert_snapshot.tsv"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=120,
     params:
-        out=WORK + "/converted",
+        out="data/procdata/{dataset}/{date}__{dataset}/converted",
         modality=modality,
         strategy=mask_saving_strategy,
     shell:
@@ -30,15 +30,15 @@ rule convert_assemble:
         converted=training_snapshots,
         roi=roi_yaml,
     output:
-        record=WORK + "/assembled.json",
+        record="data/procdata/{dataset}/{date}__{dataset}/assembled.json",
     log:
-        LOGS + "/convert_assemble.log",
+        "data/results/{dataset}/{date}/logs/convert_assemble.log",
     threads: 1
     resources:
         mem_mb=1000,
         runtime=30,
     params:
-        work=WORK,
+        work=work_dir,
         name=nnunet_name,
         converted=converted_dirs,
         modality=modality,

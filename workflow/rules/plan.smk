@@ -3,20 +3,20 @@
 
 rule plan_preprocess:
     input:
-        assembled=WORK + "/assembled.json",
+        assembled="data/procdata/{dataset}/{date}__{dataset}/assembled.json",
         source=plans_source,
     output:
-        record=WORK + "/planned.json",
+        record="data/procdata/{dataset}/{date}__{dataset}/planned.json",
     log:
-        LOGS + "/plan_preprocess.log",
+        "data/results/{dataset}/{date}/logs/plan_preprocess.log",
     benchmark:
-        ITER_RESULTS + "/benchmarks/plan_preprocess.tsv"
+        "data/results/{dataset}/{date}/benchmarks/plan_preprocess.tsv"
     threads: NN.preprocess_processes
     resources:
         mem_mb=16000,
         runtime=240,
     params:
-        work=WORK,
+        work=work_dir,
         name=nnunet_name,
         configuration=NN.configuration,
         plans=NN.plans,

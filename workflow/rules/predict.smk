@@ -3,27 +3,27 @@
 
 rule predict_inbox:
     input:
-        plan=WORK + "/planned.json",
+        plan="data/procdata/{dataset}/{date}__{dataset}/planned.json",
         folds=fold_records,
     output:
-        manifest=ITER_RESULTS + "/predictions.json",
+        manifest="data/results/{dataset}/{date}/predictions.json",
     log:
-        LOGS + "/predict_inbox.log",
+        "data/results/{dataset}/{date}/logs/predict_inbox.log",
     benchmark:
-        ITER_RESULTS + "/benchmarks/predict_inbox.tsv"
+        "data/results/{dataset}/{date}/benchmarks/predict_inbox.tsv"
     threads: 2
     resources:
         mem_mb=16000,
         runtime=120,
         gpu=TRAIN_GPUS,
     params:
-        work=WORK,
+        work=work_dir,
         trainer=NN.trainer,
         folds=NN.folds,
         device=NN.device,
         inbox=inbox_dir,
         modality=modality,
-        out=ITER_RESULTS,
+        out=results_dir,
         description="iterseg {dataset} {date}",
     shell:
         "iterseg predict --work {params.work:q} --plan-record {input.plan:q}"

@@ -3,20 +3,20 @@
 
 rule results_promote:
     input:
-        plan=WORK + "/planned.json",
+        plan="data/procdata/{dataset}/{date}__{dataset}/planned.json",
         folds=fold_records,
-        predictions=ITER_RESULTS + "/predictions.json",
+        predictions="data/results/{dataset}/{date}/predictions.json",
         previous=previous_iteration,
     output:
-        summary=ITER_RESULTS + "/iteration.json",
+        summary="data/results/{dataset}/{date}/iteration.json",
     log:
-        LOGS + "/results_promote.log",
+        "data/results/{dataset}/{date}/logs/results_promote.log",
     threads: 1
     resources:
         mem_mb=500,
         runtime=5,
     params:
-        results=RES + "/{dataset}",
+        results=dataset_results_dir,
     shell:
         "iterseg promote --results {params.results:q} --iteration {wildcards.date:q}"
         " --plan-record {input.plan:q} --fold-records {input.folds:q}"

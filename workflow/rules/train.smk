@@ -3,21 +3,21 @@
 
 rule train_fold:
     input:
-        plan=WORK + "/planned.json",
+        plan="data/procdata/{dataset}/{date}__{dataset}/planned.json",
         previous=previous_fold,
     output:
-        record=WORK + "/trained/fold_{fold}.json",
+        record="data/procdata/{dataset}/{date}__{dataset}/trained/fold_{fold}.json",
     log:
-        LOGS + "/train_fold_{fold}.log",
+        "data/results/{dataset}/{date}/logs/train_fold_{fold}.log",
     benchmark:
-        ITER_RESULTS + "/benchmarks/train_fold_{fold}.tsv"
+        "data/results/{dataset}/{date}/benchmarks/train_fold_{fold}.tsv"
     threads: 2
     resources:
         mem_mb=NN.train_mem_mb,
         runtime=NN.train_runtime,
         gpu=TRAIN_GPUS,
     params:
-        work=WORK,
+        work=work_dir,
         trainer=NN.trainer,
         device=NN.device,
         pretrained=pretrained_arg,
