@@ -157,6 +157,14 @@ def _add(
     return parser
 
 
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    """Which iteration, model and device a train or predict step works on."""
+    parser.add_argument("--work", required=True, help="the iteration's procdata folder")
+    parser.add_argument("--plan-record", required=True)
+    parser.add_argument("--trainer", required=True)
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu", "mps"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``iterseg`` command."""
     parser = argparse.ArgumentParser(prog="iterseg", description=__doc__)
@@ -196,21 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True)
 
     p = _add(sub, "train", cmd_train, "train one fold with nnU-Net")
-    p.add_argument("--work", required=True)
-    p.add_argument("--plan-record", required=True)
-    p.add_argument("--trainer", required=True)
+    _add_model_args(p)
     p.add_argument("--fold", required=True)
-    p.add_argument("--device", default="cuda", choices=["cuda", "cpu", "mps"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--pretrained-from", help="fold record of the previous iteration")
     p.add_argument("--output", required=True)
 
     p = _add(sub, "predict", cmd_predict, "predict the inbox and export DICOM-SEGs")
-    p.add_argument("--work", required=True)
-    p.add_argument("--plan-record", required=True)
-    p.add_argument("--trainer", required=True)
+    _add_model_args(p)
     p.add_argument("--folds", nargs="+", required=True)
-    p.add_argument("--device", default="cuda", choices=["cuda", "cpu", "mps"])
     p.add_argument("--inbox", required=True)
     p.add_argument("--modality", default="CT", choices=["CT", "MR"])
     p.add_argument("--out", required=True, help="the iteration's results folder")
