@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, RTStructureSetStorage
@@ -380,7 +379,3 @@ def write_demo_dataset(root: Path) -> list[Path]:
         logger.info("wrote %s (%d patients)", folder, len(cases))
     return written
 
-
-def read_slices(folder: Path) -> list[Dataset]:
-    """Read every DICOM file below ``folder`` without pixel data (test helper)."""
-    return [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(folder.rglob("*.dcm"))]
