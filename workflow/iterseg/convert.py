@@ -20,15 +20,18 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from iterseg.convert_check import RTSTRUCT_TOLERANCE, RoiCheck, check_case
 from iterseg.errors import ConversionError, SnapshotError
 from iterseg.roi import label_values, load_roi_yaml
 
 logger = logging.getLogger(__name__)
 
 CASES_FILE = "cases.json"
+CHECK_FILE = "check.json"
 
 
 class AnnotationKind(StrEnum):
@@ -181,6 +184,9 @@ def _run_imgtools(
     from imgtools.io.nnunet_output import MaskSavingStrategy
     from imgtools.io.sample_output import ExistingFileMode
     from imgtools.nnunet_pipeline import nnUNetPipeline
+    from imgtools.transforms import Transformer
+
+    from iterseg.grid import GridPreservingTransform
 
     if out.exists():
         shutil.rmtree(out)  # a re-run into the same folder would become Dataset002
@@ -196,6 +202,8 @@ def _run_imgtools(
         existing_file_mode=ExistingFileMode.FAIL,
         n_jobs=jobs,
     )
+    # Its built-in Resample interpolates masks linearly and erodes them (see iterseg.grid).
+    pipeline.transformer = Transformer([GridPreservingTransform()])
     results = pipeline.run()
     return [*results["success"], *results["failure"]]
 
@@ -327,9 +335,88 @@ def convert_snapshot(
             f"{roi_yaml}, every label present) or move the case out of the snapshot; rawdata was not changed."
         )
     converted.sort(key=lambda c: c.case_id)
+    verify_conversion(snapshot, out, converted, expected, roi_labels, mask_saving_strategy)
     (out / CASES_FILE).write_text(json.dumps([asdict(c) for c in converted], indent=2))
     logger.info("%s: %d case(s) converted (%s)", snapshot.name, len(converted), ", ".join(kinds))
     return converted
+
+
+def verify_conversion(
+    snapshot: Path,
+    out: Path,
+    converted: list[ConvertedCase],
+    expected: dict[str, tuple[SeriesInfo, SeriesInfo]],
+    roi_labels: dict[str, list[str]],
+    strategy: str,
+) -> list[RoiCheck]:
+    """Re-derive every converted label map from its annotation; write ``out/check.json``.
+
+    Raises
+    ------
+    ConversionError
+        Naming each case and ROI whose voxels differ beyond the tolerance of its annotation kind.
+
+    """
+    from tqdm import tqdm
+
+    checks: list[RoiCheck] = []
+    voxels = 0
+    for case in tqdm(converted, desc="conversion check", unit="case", disable=None):
+        image, annotation = expected[case.image_series_uid]
+        checks += check_case(
+            case.case_id,
+            case.patient_id,
+            out / case.label,
+            image.files,
+            annotation.modality,
+            annotation.files[0],
+            roi_labels,
+            strategy,
+        )
+        voxels += int(np.prod(sitk_size(out / case.label)))
+    bad = [c for c in checks if not c.ok]
+    report = {
+        "snapshot": snapshot.name,
+        "cases": len(converted),
+        "rois_compared": len(checks),
+        "voxels_compared": voxels,
+        "mismatches": len(bad),
+        "rtstruct_tolerance": RTSTRUCT_TOLERANCE,
+        "rois": [{**asdict(c), "ok": c.ok} for c in checks],
+    }
+    (out / CHECK_FILE).write_text(json.dumps(report, indent=2))
+    logger.info(
+        "conversion check %s: %d case(s), %d ROI(s), %d voxels compared, %d mismatch(es)",
+        snapshot.name,
+        len(converted),
+        len(checks),
+        voxels,
+        len(bad),
+    )
+    if bad:
+        lines = [
+            f"patient {c.patient_id} ({c.case_id}), ROI {c.label} from {c.annotation}: "
+            f"{c.beyond_tolerance} voxel(s) differ "
+            f"(annotation {c.expected_voxels}, converted {c.converted_voxels})"
+            for c in bad
+        ]
+        raise ConversionError(
+            f"{snapshot}: conversion changed the annotation of {len(bad)} ROI(s):\n  "
+            + "\n  ".join(lines)
+            + f"\nDetails in {out / CHECK_FILE}. Nothing was trained on it; report the case with its "
+            "annotation file so the converter can be fixed. Rawdata was not changed."
+        )
+    return checks
+
+
+def sitk_size(path: Path) -> tuple[int, ...]:
+    """Size of an image file, from its header."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return tuple(reader.GetSize())
 
 
 def read_cases(converted_dir: Path) -> list[ConvertedCase]:

@@ -378,4 +378,3 @@ def write_demo_dataset(root: Path) -> list[Path]:
         written.append(folder)
         logger.info("wrote %s (%d patients)", folder, len(cases))
     return written
-

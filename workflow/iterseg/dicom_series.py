@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def slice_normal(ds: pydicom.Dataset) -> np.ndarray:
 
 
 def sort_by_position(
-    datasets: list[pydicom.Dataset], files: list[Path]
+    datasets: Sequence[pydicom.Dataset], files: Sequence[Path]
 ) -> tuple[list[pydicom.Dataset], list[Path]]:
     """Sort slices by ImagePositionPatient projected on the slice normal (ascending).
 
