@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from iterseg.demo import make_phantom, phantom_arrays, write_ct_series
+from iterseg.demo import SLICE_THICKNESS, make_phantom, phantom_arrays, stored_values, write_ct_series
 from iterseg.dicom_series import find_image_series, read_volume, sort_by_position
 from iterseg.errors import PredictionError
 from iterseg.seg_export import export_seg
@@ -36,9 +36,9 @@ def test_slices_sorted_by_normal_not_by_name_or_instance_number(tmp_path: Path, 
     assert numbers == sorted(numbers, reverse=not flipped)  # and numbers run against position
     volume, geometry = read_volume(series)
     hu, _ = phantom_arrays(make_phantom("P900", 900))
-    expected = np.round(hu + 1024).clip(0, 4095) - 1024
+    expected = stored_values(hu).astype(np.int32) - 1024
     assert np.array_equal(volume, expected[::-1] if flipped else expected)
-    assert geometry["spacing"][2] == pytest.approx(4.0)
+    assert geometry["spacing"][2] == pytest.approx(SLICE_THICKNESS)
 
 
 def test_duplicate_slice_position_is_an_error(tmp_path: Path) -> None:

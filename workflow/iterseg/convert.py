@@ -396,8 +396,8 @@ def verify_conversion(
     if bad:
         lines = [
             f"patient {c.patient_id} ({c.case_id}), ROI {c.label} from {c.annotation}: "
-            f"{c.beyond_tolerance} voxel(s) differ "
-            f"(annotation {c.expected_voxels}, converted {c.converted_voxels})"
+            f"{c.beyond_tolerance} voxel(s) differ, {c.slices_missing} slice(s) missing, "
+            f"{c.slices_extra} extra (annotation {c.expected_voxels} voxels, converted {c.converted_voxels})"
             for c in bad
         ]
         raise ConversionError(

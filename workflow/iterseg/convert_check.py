@@ -40,11 +40,13 @@ class RoiCheck:
     converted_voxels: int
     differing_voxels: int
     beyond_tolerance: int  # differing voxels not explained by rasterisation (always all for SEG)
+    slices_missing: int  # slices where the annotation has the ROI and the conversion has not
+    slices_extra: int  # slices with the ROI in the conversion but no contour/frame of it
 
     @property
     def ok(self) -> bool:
-        """No difference beyond what the annotation kind tolerates."""
-        return self.beyond_tolerance == 0
+        """No difference beyond what the annotation kind tolerates, and the same slice extent."""
+        return self.beyond_tolerance == 0 and self.slices_missing == 0 and self.slices_extra == 0
 
 
 def _match_labels(names: dict[int, str], roi_labels: dict[str, list[str]]) -> dict[int, int]:
@@ -195,9 +197,11 @@ def check_case(
     tolerance: dict[int, np.ndarray] = {}
     if annotation_kind == "SEG":
         masks = expected_from_seg(annotation_file, source, roi_labels)
+        drawn_slices = {value: mask.any(axis=(1, 2)) for value, mask in masks.items()}
     else:
         masks, lines = expected_from_rtstruct(annotation_file, source, roi_labels)
         tolerance = {value: _dilate_in_plane(line) for value, line in lines.items()}
+        drawn_slices = {value: line.any(axis=(1, 2)) for value, line in lines.items()}
     expected = _combine(masks, converted.shape, strategy)
     checks = []
     for value, name in enumerate(roi_labels, start=1):
@@ -214,6 +218,8 @@ def check_case(
                 if other != value:
                     band = band | other_band
         beyond = differing & ~band if band is not None else differing
+        drawn = drawn_slices.get(value, np.zeros(len(source), bool))
+        got_slices = got_mask.any(axis=(1, 2))
         checks.append(
             RoiCheck(
                 case_id=case_id,
@@ -224,6 +230,8 @@ def check_case(
                 converted_voxels=int(got_mask.sum()),
                 differing_voxels=int(differing.sum()),
                 beyond_tolerance=int(beyond.sum()),
+                slices_missing=int((exp_mask.any(axis=(1, 2)) & ~got_slices).sum()),
+                slices_extra=int((got_slices & ~drawn).sum()),
             )
         )
     return checks

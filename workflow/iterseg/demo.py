@@ -10,23 +10,32 @@ that any code sorting slices by file name or InstanceNumber fails on the demo.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import shutil
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.sr.coding import Code
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, RTStructureSetStorage
 
-from iterseg.dicom_codes import SegmentLabel, segment_description
+from iterseg.dicom_codes import SegmentLabel, property_codes, segment_description
 
 logger = logging.getLogger(__name__)
 
 UID_ROOT = "1.2.826.0.1.3680043.10.1451."
 SHAPE = (32, 64, 64)  # slices, rows, columns
-PIXEL_SPACING = (3.0, 3.0)  # mm, row spacing then column spacing
-SLICE_THICKNESS = 4.0  # mm
+# Geometry with binary-fraction spacings and odd origins, as scanners write them: writers that
+# store positions in single precision (dcmqi, hence 3D Slicer) land a hair off this grid.
+PIXEL_SPACING = (2.98828125, 2.98828125)  # mm, row spacing then column spacing
+SLICE_THICKNESS = 3.75  # mm
+ORIGIN = (-95.50586, -94.81641, -61.3)
 DEMO_DATASET = "demo"
 SNAPSHOT_DATES = ("2026-01-15", "2026-03-02")
 LABELS = (SegmentLabel.LIVER, SegmentLabel.TUMOUR)
@@ -68,18 +77,24 @@ class Ellipsoid:
 
 @dataclass(frozen=True)
 class Phantom:
-    """One synthetic patient: body, liver and tumour."""
+    """One synthetic patient: body, liver, a tumour and a satellite nodule (both tumour label)."""
 
     patient_id: str
     body: Ellipsoid
     liver: Ellipsoid
     tumour: Ellipsoid
+    satellite: Ellipsoid
     seed: int
 
     @property
     def origin(self) -> tuple[float, float, float]:
         """ImagePositionPatient of the first (lowest) slice."""
-        return (-96.0, -96.0, -64.0)
+        return ORIGIN
+
+    @property
+    def tumours(self) -> tuple[Ellipsoid, Ellipsoid]:
+        """The lesions; an RTSTRUCT draws both as contours of one ROI (two per slice)."""
+        return (self.tumour, self.satellite)
 
 
 def make_phantom(patient_id: str, seed: int) -> Phantom:
@@ -89,19 +104,26 @@ def make_phantom(patient_id: str, seed: int) -> Phantom:
     liver_centre = (-22.0 + rng.uniform(-6, 6), -6.0 + rng.uniform(-6, 6), -4.0 + rng.uniform(-8, 8))
     liver = Ellipsoid(liver_centre, (34.0 + rng.uniform(-4, 4), 26.0 + rng.uniform(-3, 3), 40.0))
     tumour_centre = (
-        liver_centre[0] + rng.uniform(-8, 8),
+        liver_centre[0] + rng.uniform(2, 8),
         liver_centre[1] + rng.uniform(-6, 6),
         liver_centre[2] + rng.uniform(-8, 8),
     )
     tumour_radius = 11.0 + rng.uniform(-2, 3)
     tumour = Ellipsoid(tumour_centre, (tumour_radius, tumour_radius * 0.9, tumour_radius * 1.2))
-    return Phantom(patient_id, body, liver, tumour, seed)
+    # On the other side of the liver centre from the main tumour, so the two never touch.
+    satellite = Ellipsoid((liver_centre[0] - 18.0, liver_centre[1], tumour_centre[2]), (5.0, 5.0, 6.0))
+    return Phantom(patient_id, body, liver, tumour, satellite, seed)
 
 
 def annotated(phantom: Phantom, tumour_scale: float) -> Phantom:
     """The phantom as an annotator drew it: a rough first pass under-draws the tumour."""
-    t = phantom.tumour
-    return replace(phantom, tumour=Ellipsoid(t.centre, tuple(r * tumour_scale for r in t.radii)))  # type: ignore[arg-type]
+
+    def scaled(e: Ellipsoid) -> Ellipsoid:
+        return Ellipsoid(
+            e.centre, (e.radii[0] * tumour_scale, e.radii[1] * tumour_scale, e.radii[2] * tumour_scale)
+        )
+
+    return replace(phantom, tumour=scaled(phantom.tumour), satellite=scaled(phantom.satellite))
 
 
 def _grid(phantom: Phantom) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -122,7 +144,7 @@ def phantom_arrays(phantom: Phantom) -> tuple[np.ndarray, dict[SegmentLabel, np.
 
     body = to_zyx(phantom.body.contains(x, y, z))
     liver = to_zyx(phantom.liver.contains(x, y, z)) & body
-    tumour = to_zyx(phantom.tumour.contains(x, y, z)) & liver
+    tumour = to_zyx(phantom.tumour.contains(x, y, z) | phantom.satellite.contains(x, y, z)) & liver
     rng = np.random.default_rng(phantom.seed + 1000)
     hu = np.full(SHAPE, -1000.0)
     hu[body] = 30.0
@@ -154,10 +176,15 @@ def _patient_study(ds: Dataset, phantom: Phantom, study_uid: str) -> None:
     ds.ReferringPhysicianName = ""
 
 
+def stored_values(hu: np.ndarray) -> np.ndarray:
+    """Stored pixel values (signed 16 bit, RescaleIntercept -1024) of HU values."""
+    return np.round(hu + 1024.0).clip(-32768, 32767).astype(np.int16)
+
+
 def write_ct_series(phantom: Phantom, folder: Path) -> list[Dataset]:
     """Write the phantom's CT as single-frame DICOM files; return the datasets in slice order."""
     hu, _ = phantom_arrays(phantom)
-    stored = np.round(hu + 1024.0).clip(0, 4095).astype(np.uint16)
+    stored = stored_values(hu)
     study_uid = demo_uid(phantom.patient_id, "study")
     series_uid = demo_uid(phantom.patient_id, "ct-series")
     frame_uid = demo_uid(phantom.patient_id, "frame")
@@ -191,9 +218,10 @@ def write_ct_series(phantom: Phantom, folder: Path) -> list[Dataset]:
         ds.PhotometricInterpretation = "MONOCHROME2"
         ds.Rows, ds.Columns = SHAPE[1], SHAPE[2]
         ds.BitsAllocated = 16
-        ds.BitsStored = 12
-        ds.HighBit = 11
-        ds.PixelRepresentation = 0
+        # Signed storage with intercept -1024, as many scanners write: GDCM reads it as int32.
+        ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 1
         ds.RescaleIntercept = -1024.0
         ds.RescaleSlope = 1.0
         ds.RescaleType = "HU"
@@ -230,6 +258,110 @@ def write_seg(
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(path)
+
+
+def _contours(phantom: Phantom, label: SegmentLabel, z: float) -> list[np.ndarray]:
+    """Contours of ``label`` on the plane at ``z``.
+
+    The liver gets its outline plus each lesion as a hole; the tumour ROI one contour per
+    lesion, so several per slice.
+    """
+    lesions = [points for t in phantom.tumours if (points := t.section(z)) is not None]
+    if label is SegmentLabel.TUMOUR:
+        return lesions
+    outer = phantom.liver.section(z, n_points=64)
+    if outer is None:
+        return []
+    cx, cy, _ = phantom.liver.centre
+    scale = np.sqrt(max(1e-9, 1.0 - ((z - phantom.liver.centre[2]) / phantom.liver.radii[2]) ** 2))
+    rx, ry = phantom.liver.radii[0] * scale, phantom.liver.radii[1] * scale
+
+    def inside(points: np.ndarray) -> bool:
+        return bool(np.all(((points[:, 0] - cx) / rx) ** 2 + ((points[:, 1] - cy) / ry) ** 2 < 0.95))
+
+    return [outer, *(hole for hole in lesions if inside(hole))]
+
+
+def write_seg_dcmqi(
+    phantom: Phantom, ct_folder: Path, path: Path, masks: dict[SegmentLabel, np.ndarray]
+) -> None:
+    """Write ``masks`` as a DICOM SEG with dcmqi's ``itkimage2segimage``, the writer 3D Slicer uses.
+
+    One input image per segment, as Slicer does for overlapping segments. dcmqi stores positions
+    and spacings in single precision, so its frames sit a hair off the CT grid.
+    """
+    import SimpleITK as sitk
+
+    exe = shutil.which("itkimage2segimage", path=str(Path(sys.executable).parent)) or shutil.which(
+        "itkimage2segimage"
+    )
+    if exe is None:
+        raise RuntimeError("dcmqi's itkimage2segimage is not installed (pip install dcmqi)")
+    attributes = []
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = []
+        for label in LABELS:
+            image = sitk.GetImageFromArray(masks[label].astype(np.uint8))
+            image.SetSpacing((PIXEL_SPACING[1], PIXEL_SPACING[0], SLICE_THICKNESS))
+            image.SetOrigin(phantom.origin)
+            file = Path(tmp) / f"{label.name.lower()}.nii.gz"
+            sitk.WriteImage(image, str(file))
+            inputs.append(str(file))
+            category, prop_type = property_codes(label.roi_name)
+            attributes.append(
+                [
+                    {
+                        "labelID": 1,
+                        "SegmentLabel": label.roi_name,
+                        "SegmentDescription": label.roi_name,
+                        "SegmentAlgorithmType": "MANUAL",
+                        "SegmentedPropertyCategoryCodeSequence": _dcmqi_code(category),
+                        "SegmentedPropertyTypeCodeSequence": _dcmqi_code(prop_type),
+                        "recommendedDisplayRGBValue": list(label.colour),
+                    }
+                ]
+            )
+        meta = {
+            "ContentCreatorName": "Slicer^Annotator",
+            "ClinicalTrialSeriesID": "1",
+            "ClinicalTrialTimePointID": "1",
+            "SeriesDescription": "Segmentation (3D Slicer)",
+            "SeriesNumber": "300",
+            "InstanceNumber": "1",
+            "ContentLabel": "SEGMENTATION",
+            "ContentDescription": "Refined in 3D Slicer",
+            "segmentAttributes": attributes,
+        }
+        (Path(tmp) / "meta.json").write_text(json.dumps(meta))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        run = subprocess.run(
+            [
+                exe,
+                "--inputImageList",
+                ",".join(inputs),
+                "--inputDICOMDirectory",
+                str(ct_folder),
+                "--outputDICOM",
+                str(path),
+                "--inputMetadata",
+                str(Path(tmp) / "meta.json"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if run.returncode != 0 or not path.is_file():
+        raise RuntimeError(
+            f"itkimage2segimage failed for {phantom.patient_id}: {run.stdout[-2000:]}{run.stderr[-2000:]}"
+        )
+
+
+def _dcmqi_code(code: Code) -> dict[str, str]:
+    return {
+        "CodeValue": code.value,
+        "CodingSchemeDesignator": code.scheme_designator,
+        "CodeMeaning": code.meaning,
+    }
 
 
 def write_rtstruct(phantom: Phantom, ct: list[Dataset], path: Path, tag: str) -> None:
@@ -269,7 +401,6 @@ def write_rtstruct(phantom: Phantom, ct: list[Dataset], path: Path, tag: str) ->
     ds.ReferencedFrameOfReferenceSequence = DicomSequence([frame_item])
 
     roi_seq, contour_seq, obs_seq = DicomSequence(), DicomSequence(), DicomSequence()
-    shapes = {SegmentLabel.LIVER: phantom.liver, SegmentLabel.TUMOUR: phantom.tumour}
     for number, label in enumerate(LABELS, start=1):
         roi = Dataset()
         roi.ROINumber = number
@@ -282,18 +413,16 @@ def write_rtstruct(phantom: Phantom, ct: list[Dataset], path: Path, tag: str) ->
         roi_contour.ROIDisplayColor = list(label.colour)
         contours = DicomSequence()
         for image in ct:
-            points = shapes[label].section(float(image.ImagePositionPatient[2]))
-            if points is None:
-                continue
-            contour = Dataset()
-            image_ref = Dataset()
-            image_ref.ReferencedSOPClassUID = image.SOPClassUID
-            image_ref.ReferencedSOPInstanceUID = image.SOPInstanceUID
-            contour.ContourImageSequence = DicomSequence([image_ref])
-            contour.ContourGeometricType = "CLOSED_PLANAR"
-            contour.NumberOfContourPoints = len(points)
-            contour.ContourData = [round(float(v), 3) for v in points.ravel()]
-            contours.append(contour)
+            for points in _contours(phantom, label, float(image.ImagePositionPatient[2])):
+                contour = Dataset()
+                image_ref = Dataset()
+                image_ref.ReferencedSOPClassUID = image.SOPClassUID
+                image_ref.ReferencedSOPInstanceUID = image.SOPInstanceUID
+                contour.ContourImageSequence = DicomSequence([image_ref])
+                contour.ContourGeometricType = "CLOSED_PLANAR"
+                contour.NumberOfContourPoints = len(points)
+                contour.ContourData = [round(float(v), 3) for v in points.ravel()]
+                contours.append(contour)
         roi_contour.ContourSequence = contours
         contour_seq.append(roi_contour)
         obs = Dataset()
@@ -315,7 +444,7 @@ class DemoCase:
 
     patient_id: str
     seed: int
-    annotation: str  # "SEG", "RTSTRUCT" or "" (inbox)
+    annotation: str  # "SEG" (highdicom), "SEG-dcmqi" (as 3D Slicer writes), "RTSTRUCT", "" (inbox)
     tumour_scale: float = 1.0
     tag: str = "v1"
 
@@ -323,19 +452,18 @@ class DemoCase:
 def demo_plan() -> dict[str, list[DemoCase]]:
     """The demo's layout: snapshot folder name (or ``inbox``) -> cases."""
     rough = (1, 2, 4)  # first-pass annotations that the second snapshot refines
+
+    def kind(n: int) -> str:
+        return {1: "SEG-dcmqi", 3: "SEG"}.get(n % 4, "RTSTRUCT")
+
     first = [
-        DemoCase(
-            f"P{n:03d}",
-            seed=n,
-            annotation="SEG" if n % 2 else "RTSTRUCT",
-            tumour_scale=0.8 if n in rough else 1.0,
-        )
+        DemoCase(f"P{n:03d}", seed=n, annotation=kind(n), tumour_scale=0.8 if n in rough else 1.0)
         for n in range(1, 8)
     ]
     # The second snapshot brings new patients and refined annotations of earlier ones; refined
-    # annotations come back as SEG, the way researchers edit our predicted SEGs.
-    second = [DemoCase(f"P{n:03d}", seed=n, annotation="SEG" if n % 2 else "RTSTRUCT") for n in range(8, 12)]
-    second += [DemoCase(f"P{n:03d}", seed=n, annotation="SEG", tag="v2") for n in rough]
+    # annotations come back as SEGs saved by 3D Slicer (dcmqi), the way researchers edit ours.
+    second = [DemoCase(f"P{n:03d}", seed=n, annotation=kind(n)) for n in range(8, 12)]
+    second += [DemoCase(f"P{n:03d}", seed=n, annotation="SEG-dcmqi", tag="v2") for n in rough]
     inbox = [DemoCase(f"P{n:03d}", seed=n, annotation="") for n in (101, 102, 103)]
     return {
         f"{SNAPSHOT_DATES[0]}__{DEMO_DATASET}": first,
@@ -372,6 +500,9 @@ def write_demo_dataset(root: Path) -> list[Path]:
             if case.annotation == "SEG":
                 _, masks = phantom_arrays(drawn)
                 write_seg(drawn, ct, patient_dir / "SEG" / "seg.dcm", masks, case.tag)
+            elif case.annotation == "SEG-dcmqi":
+                _, masks = phantom_arrays(drawn)
+                write_seg_dcmqi(drawn, patient_dir / "CT", patient_dir / "SEG" / f"{case.tag}.dcm", masks)
             elif case.annotation == "RTSTRUCT":
                 write_rtstruct(drawn, ct, patient_dir / "RTSTRUCT" / "rtstruct.dcm", case.tag)
         staging.rename(folder)
