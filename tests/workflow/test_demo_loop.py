@@ -175,3 +175,14 @@ def test_failed_iteration_leaves_latest_on_the_last_good_one(demo_run: dict) -> 
         assert os.readlink(project / "data/results/demo/latest") == SECOND
     finally:
         shutil.rmtree(broken.parent)
+
+
+def test_conversion_check_passed_for_every_case(demo_run: dict) -> None:
+    for folder, n_cases in (("2026-01-15__demo", 7), ("2026-03-02__demo", 7)):
+        report = json.loads(
+            (demo_run["project"] / "data/procdata/demo" / folder / "converted/check.json").read_text()
+        )
+        assert report["cases"] == n_cases and report["rois_compared"] == 2 * n_cases
+        assert report["mismatches"] == 0 and all(r["ok"] for r in report["rois"])
+        seg_rois = [r for r in report["rois"] if r["annotation"] == "SEG"]
+        assert seg_rois and all(r["differing_voxels"] == 0 for r in seg_rois)
