@@ -186,3 +186,22 @@ def test_conversion_check_passed_for_every_case(demo_run: dict) -> None:
         assert report["mismatches"] == 0 and all(r["ok"] for r in report["rois"])
         seg_rois = [r for r in report["rois"] if r["annotation"] == "SEG"]
         assert seg_rois and all(r["differing_voxels"] == 0 for r in seg_rois)
+
+
+def test_status_and_rollback_through_the_cli(demo_run: dict) -> None:
+    project = demo_run["project"]
+    iterseg = str(Path(sys.executable).parent / "iterseg")
+    status = subprocess.run(
+        [iterseg, "status", "demo"], cwd=project, capture_output=True, text=True, check=True
+    )
+    rows = status.stdout.splitlines()
+    assert rows[1].split()[:3] == [FIRST, "Dataset901_demo_20260115", "7"]
+    assert rows[2].split()[:3] == [SECOND, "Dataset902_demo_20260302", "11"] and rows[2].endswith("<- latest")
+    subprocess.run([iterseg, "rollback", "demo", "--reason", "test"], cwd=project, check=True)
+    assert os.readlink(project / "data/results/demo/latest") == FIRST
+    # snakemake does not undo a rollback: nothing to do, latest stays
+    assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake(project, "-n"))
+    subprocess.run([iterseg, "rollback", "demo", SECOND], cwd=project, check=True)
+    assert os.readlink(project / "data/results/demo/latest") == SECOND
+    history = (project / "data/results/demo/latest_history.jsonl").read_text().splitlines()
+    assert [json.loads(h)["action"] for h in history][-2:] == ["rollback", "rollback"]

@@ -136,9 +136,11 @@ def cmd_promote(args: argparse.Namespace) -> None:
     results = Path(args.results)
     record = read_record(Path(args.plan_record))
     folds = [json.loads(Path(f).read_text()) for f in args.fold_records]
+    assembled = json.loads(Path(args.assembled).read_text())
     summary = {
         "iteration": args.iteration,
         "dataset_name": record.dataset_name,
+        "training_cases": len(assembled["cases"]),
         "plans": record.plans,
         "plans_source": record.plans_source,
         "configuration": record.configuration,
@@ -147,6 +149,23 @@ def cmd_promote(args: argparse.Namespace) -> None:
     }
     _write_json(Path(args.output), summary)
     promote(results, args.iteration)
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    """Print the dataset's iterations."""
+    from iterseg.promote import status_table
+
+    results = Path(args.results) / args.dataset
+    if not results.is_dir():
+        raise IterSegError(f"{results}: no results yet for dataset {args.dataset!r}; run snakemake first.")
+    sys.stdout.write(status_table(results) + "\n")
+
+
+def cmd_rollback(args: argparse.Namespace) -> None:
+    """Point ``latest`` back at an earlier finished iteration."""
+    from iterseg.promote import rollback
+
+    rollback(Path(args.results) / args.dataset, args.date, args.reason)
 
 
 def _add(
@@ -223,9 +242,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", required=True, help="results/<dataset>")
     p.add_argument("--iteration", required=True, help="the date folder under results/<dataset>")
     p.add_argument("--plan-record", required=True)
+    p.add_argument("--assembled", required=True, help="the iteration's assembled.json")
     p.add_argument("--fold-records", nargs="+", required=True)
     p.add_argument("--predictions", required=True)
     p.add_argument("--output", required=True)
+
+    p = _add(sub, "status", cmd_status, "table of a dataset's finished iterations and which is `latest`")
+    p.add_argument("dataset")
+    p.add_argument("--results", default="data/results")
+
+    p = _add(sub, "rollback", cmd_rollback, "point `latest` back at an earlier finished iteration")
+    p.add_argument("dataset")
+    p.add_argument("date", nargs="?", help="iteration to point at (default: the one before `latest`)")
+    p.add_argument("--results", default="data/results")
+    p.add_argument("--reason", default="", help="recorded in latest_history.jsonl")
     return parser
 
 

@@ -154,7 +154,7 @@ def expected_cases(snapshot: Path, modality: str) -> dict[str, tuple[SeriesInfo,
         by_image[ann.referenced_series].append(ann)
     for uid, anns in by_image.items():
         if len(anns) > 1:
-            where = ", ".join(str(a.folder) for a in anns)
+            where = ", ".join(str(f) for a in anns for f in a.files)
             raise SnapshotError(
                 f"{snapshot.name}: image series {uid} (patient {images[uid].patient_id}) has "
                 f"{len(anns)} annotations ({where}). Keep exactly one per image series in a snapshot; "

@@ -4,6 +4,7 @@
 rule results_promote:
     input:
         plan="data/procdata/{dataset}/{date}__{dataset}/planned.json",
+        assembled="data/procdata/{dataset}/{date}__{dataset}/assembled.json",
         folds=fold_records,
         predictions="data/results/{dataset}/{date}/predictions.json",
         previous=previous_iteration,
@@ -19,5 +20,6 @@ rule results_promote:
         results=dataset_results_dir,
     shell:
         "iterseg promote --results {params.results:q} --iteration {wildcards.date:q}"
-        " --plan-record {input.plan:q} --fold-records {input.folds:q}"
+        " --plan-record {input.plan:q} --assembled {input.assembled:q}"
+        " --fold-records {input.folds:q}"
         " --predictions {input.predictions:q} --output {output.summary:q} > {log:q} 2>&1"
