@@ -200,7 +200,8 @@ def test_status_and_rollback_through_the_cli(demo_run: dict) -> None:
     subprocess.run([iterseg, "rollback", "demo", "--reason", "test"], cwd=project, check=True)
     assert os.readlink(project / "data/results/demo/latest") == FIRST
     # snakemake does not undo a rollback: nothing to do, latest stays
-    assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake(project, "-n"))
+    dry = snakemake(project, "-n")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
     subprocess.run([iterseg, "rollback", "demo", SECOND], cwd=project, check=True)
     assert os.readlink(project / "data/results/demo/latest") == SECOND
     history = (project / "data/results/demo/latest_history.jsonl").read_text().splitlines()
