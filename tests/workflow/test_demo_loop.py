@@ -206,3 +206,30 @@ def test_status_and_rollback_through_the_cli(demo_run: dict) -> None:
     assert os.readlink(project / "data/results/demo/latest") == SECOND
     history = (project / "data/results/demo/latest_history.jsonl").read_text().splitlines()
     assert [json.loads(h)["action"] for h in history][-2:] == ["rollback", "rollback"]
+
+
+def test_our_unedited_prediction_dropped_back_is_excluded(demo_run: dict) -> None:
+    """A researcher drops an inbox case with our SEG, unedited, into a new snapshot."""
+    project = demo_run["project"]
+    raw = project / "data/rawdata/demo"
+    third = raw / "2026-05-10__demo"
+    shutil.copytree(raw / "inbox" / "P101", third / "P101")
+    (third / "P101" / "SEG").mkdir()
+    shutil.copy(
+        project / "data/results/demo/latest/seg/P101.dcm", third / "P101" / "SEG" / "from_iterseg.dcm"
+    )
+    shutil.copytree(raw / "2026-03-02__demo" / "P008", third / "P008")
+    try:
+        run = snakemake(project, "--until", "convert_snapshot")
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        converted = project / "data/procdata/demo/2026-05-10__demo/converted"
+        assert [c["patient_id"] for c in json.loads((converted / "cases.json").read_text())] == ["P008"]
+        excluded = json.loads((converted / "excluded.json").read_text())
+        assert [e["patient_id"] for e in excluded] == ["P101"]
+        assert "unrefined iterseg prediction" in excluded[0]["reason"]
+        log = (project / "data/results/demo/2026-05-10/logs/convert_snapshot.log").read_text()
+        assert "unrefined iterseg prediction" in log
+    finally:
+        shutil.rmtree(third)
+        shutil.rmtree(project / "data/procdata/demo/2026-05-10__demo", ignore_errors=True)
+        shutil.rmtree(project / "data/results/demo/2026-05-10", ignore_errors=True)

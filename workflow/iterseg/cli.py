@@ -44,6 +44,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
         args.modality,
         args.mask_saving_strategy,
         args.jobs,
+        args.allow_unrefined_predictions,
     )
 
 
@@ -204,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--mask-saving-strategy", default="sparse_mask", choices=["sparse_mask", "label_image", "region_mask"]
     )
     p.add_argument("--jobs", type=int, default=1)
+    p.add_argument(
+        "--allow-unrefined-predictions",
+        action="store_true",
+        help="train on our own predicted SEGs found unedited in the snapshot (default: exclude them)",
+    )
 
     p = _add(sub, "assemble", cmd_assemble, "build an iteration's nnU-Net raw dataset")
     p.add_argument("--work", required=True)

@@ -26,6 +26,7 @@ class DatasetSettings:
     roi_yaml: Path
     modality: str
     mask_saving_strategy: str
+    allow_unrefined_predictions: bool
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ def load_settings(config: dict[str, Any], config_dir: Path = Path("config")) -> 
             roi_yaml=Path(ds.get("roi_yaml") or config_dir / f"roi_{name}.yaml"),
             modality=ds["modality"],
             mask_saving_strategy=ds["mask_saving_strategy"],
+            allow_unrefined_predictions=bool(ds["allow_unrefined_predictions"]),
         )
         for name, ds in config["datasets"].items()
     }

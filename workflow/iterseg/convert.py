@@ -27,11 +27,13 @@ from pydicom.errors import InvalidDicomError
 from iterseg.convert_check import RTSTRUCT_TOLERANCE, RoiCheck, check_case
 from iterseg.errors import ConversionError, SnapshotError
 from iterseg.roi import label_values, load_roi_yaml
+from iterseg.seg_export import ALGORITHM_NAME, SEG_MANUFACTURER
 
 logger = logging.getLogger(__name__)
 
 CASES_FILE = "cases.json"
 CHECK_FILE = "check.json"
+EXCLUDED_FILE = "excluded.json"
 
 
 class AnnotationKind(StrEnum):
@@ -51,6 +53,34 @@ class SeriesInfo:
     folder: Path
     referenced_series: str | None  # for annotations: the image series they annotate
     files: tuple[Path, ...]
+    unrefined_prediction: bool = False  # a SEG exported by iterseg and not edited since
+
+
+@dataclass(frozen=True)
+class ExcludedAnnotation:
+    """An annotation left out of training, and why."""
+
+    patient_id: str
+    files: tuple[str, ...]
+    reason: str
+
+
+def is_unrefined_prediction(ds: pydicom.Dataset) -> bool:
+    """True for a SEG that iterseg exported and nobody has saved since.
+
+    Editors (3D Slicer via dcmqi, OHIF) write a new SEG with their own Manufacturer; ours carries
+    Manufacturer ``iterseg`` and only AUTOMATIC segments from our algorithm.
+    """
+    if ds.Modality != AnnotationKind.SEG.value or str(getattr(ds, "Manufacturer", "")) != SEG_MANUFACTURER:
+        return False
+
+    def ours(segment: pydicom.Dataset) -> bool:
+        algorithms = getattr(segment, "SegmentationAlgorithmIdentificationSequence", [])
+        automatic = str(getattr(segment, "SegmentAlgorithmType", "")) == "AUTOMATIC"
+        return automatic and any(str(a.AlgorithmName) == ALGORITHM_NAME for a in algorithms)
+
+    segments = getattr(ds, "SegmentSequence", [])
+    return bool(segments) and all(ours(s) for s in segments)
 
 
 @dataclass(frozen=True)
@@ -119,13 +149,19 @@ def scan_series(folder: Path) -> list[SeriesInfo]:
                 folder=paths[0].parent,
                 referenced_series=_referenced_series(header),
                 files=tuple(paths),
+                unrefined_prediction=is_unrefined_prediction(header),
             )
         )
     return series
 
 
-def expected_cases(snapshot: Path, modality: str) -> dict[str, tuple[SeriesInfo, SeriesInfo]]:
+def expected_cases(
+    snapshot: Path, modality: str, allow_unrefined: bool = False
+) -> tuple[dict[str, tuple[SeriesInfo, SeriesInfo]], list[ExcludedAnnotation]]:
     """Image series that must come out of the conversion, with their single annotation.
+
+    Our own predictions, dropped back unedited, are not human annotations: they are left out
+    (and returned as excluded) unless ``allow_unrefined``.
 
     Raises
     ------
@@ -143,6 +179,25 @@ def expected_cases(snapshot: Path, modality: str) -> dict[str, tuple[SeriesInfo,
             f"{snapshot}: no SEG or RTSTRUCT found. A snapshot holds annotated cases; put "
             "unannotated images in the dataset's inbox folder instead."
         )
+    excluded = []
+    if not allow_unrefined:
+        for ann in (a for a in annotations if a.unrefined_prediction):
+            excluded.append(
+                ExcludedAnnotation(
+                    ann.patient_id,
+                    tuple(str(f) for f in ann.files),
+                    "unrefined iterseg prediction (Manufacturer iterseg, AUTOMATIC segments); edit it "
+                    "in a viewer and save, or set datasets.<name>.allow_unrefined_predictions",
+                )
+            )
+            logger.warning("%s: %s", ann.files[0], excluded[-1].reason)
+        annotations = [a for a in annotations if not a.unrefined_prediction]
+        if not annotations:
+            raise SnapshotError(
+                f"{snapshot}: every annotation is an unrefined iterseg prediction "
+                f"({', '.join(e.files[0] for e in excluded)}); refine them in a viewer before "
+                "dropping them into a snapshot."
+            )
     by_image: dict[str, list[SeriesInfo]] = defaultdict(list)
     for ann in annotations:
         if ann.referenced_series not in images:
@@ -168,7 +223,23 @@ def expected_cases(snapshot: Path, modality: str) -> dict[str, tuple[SeriesInfo,
             modality,
             image.patient_id,
         )
-    return {uid: (images[uid], anns[0]) for uid, anns in by_image.items()}
+    return {uid: (images[uid], anns[0]) for uid, anns in by_image.items()}, excluded
+
+
+def stage_snapshot(snapshot: Path, expected: dict[str, tuple[SeriesInfo, SeriesInfo]], staged: Path) -> Path:
+    """A view of the snapshot holding only the selected image series and annotations (symlinks).
+
+    med-imagetools converts whatever it crawls and keeps the first of several annotations, so
+    the choice of what to convert is made here, not left to it.
+    """
+    if staged.exists():
+        shutil.rmtree(staged)
+    for image, annotation in expected.values():
+        for file in (*image.files, *annotation.files):
+            target = staged / file.relative_to(snapshot)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(file.resolve(), target)
+    return staged
 
 
 def _run_imgtools(
@@ -231,6 +302,7 @@ def convert_snapshot(
     modality: str = "CT",
     mask_saving_strategy: str = "sparse_mask",
     jobs: int = 1,
+    allow_unrefined: bool = False,
 ) -> list[ConvertedCase]:
     """Convert every annotated case of a snapshot to NIfTI image/label pairs.
 
@@ -248,11 +320,13 @@ def convert_snapshot(
         med-imagetools' strategy for overlapping ROIs.
     jobs
         Parallel workers for med-imagetools.
+    allow_unrefined
+        Train on our own predictions dropped back unedited (excluded and reported by default).
 
     Returns
     -------
     list[ConvertedCase]
-        Also written to ``out/cases.json``.
+        Also written to ``out/cases.json``; excluded annotations to ``out/excluded.json``.
 
     Raises
     ------
@@ -261,11 +335,13 @@ def convert_snapshot(
 
     """
     roi_labels = load_roi_yaml(roi_yaml)
-    expected = expected_cases(snapshot, modality)
+    expected, excluded = expected_cases(snapshot, modality, allow_unrefined)
     kinds = sorted({ann.modality for _, ann in expected.values()})
     if out.exists():
         shutil.rmtree(out)
     (out / "cases").mkdir(parents=True)
+    (out / EXCLUDED_FILE).write_text(json.dumps([asdict(e) for e in excluded], indent=2))
+    staged = stage_snapshot(snapshot, expected, out / "staged" / snapshot.name)
     date = snapshot.name.split("__")[0]
     converted: list[ConvertedCase] = []
     problems: list[str] = []
@@ -273,7 +349,7 @@ def convert_snapshot(
         kind = AnnotationKind(kind_name)
         logger.info("%s: converting %s + %s with med-imagetools", snapshot.name, modality, kind.value)
         results = _run_imgtools(
-            snapshot,
+            staged,
             out / "imgtools" / kind.value.lower(),
             modality,
             kind,

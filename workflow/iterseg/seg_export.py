@@ -14,6 +14,9 @@ from iterseg.dicom_codes import segment_description
 
 logger = logging.getLogger(__name__)
 
+SEG_MANUFACTURER = "iterseg"
+ALGORITHM_NAME = "iterseg nnU-Net"  # how a SEG of ours is recognised when it comes back unedited
+
 
 def export_seg(
     label_map: np.ndarray,
@@ -47,7 +50,7 @@ def export_seg(
     if label_map.shape != (len(source), int(source[0].Rows), int(source[0].Columns)):
         raise ValueError(f"label map {label_map.shape} does not match {len(source)} source slices")
     algorithm = hd.AlgorithmIdentificationSequence(
-        name="iterseg nnU-Net",
+        name=ALGORITHM_NAME,
         family=codes.cid7162.ArtificialIntelligence,
         version=algorithm_version[:64],
     )
@@ -64,7 +67,7 @@ def export_seg(
         series_number=900,
         sop_instance_uid=hd.UID(),
         instance_number=1,
-        manufacturer="iterseg",
+        manufacturer=SEG_MANUFACTURER,
         manufacturer_model_name="iterseg",
         software_versions=__version__,
         device_serial_number="none",

@@ -95,6 +95,10 @@ def mask_saving_strategy(wildcards):
     return dataset_settings(wildcards).mask_saving_strategy
 
 
+def unrefined_arg(wildcards):
+    return "--allow-unrefined-predictions" if dataset_settings(wildcards).allow_unrefined_predictions else ""
+
+
 def nnunet_name(wildcards):
     snap = _snapshot(wildcards)
     return nnunet_dataset_name(snap.dataset, dataset_settings(wildcards).dataset_id, snap.index, snap.date)

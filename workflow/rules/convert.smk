@@ -19,10 +19,12 @@ rule convert_snapshot:
         out="data/procdata/{dataset}/{date}__{dataset}/converted",
         modality=modality,
         strategy=mask_saving_strategy,
+        unrefined=unrefined_arg,
     shell:
         "iterseg convert --snapshot {input.snapshot:q} --out {params.out:q}"
         " --roi-yaml {input.roi:q} --modality {params.modality:q}"
-        " --mask-saving-strategy {params.strategy:q} --jobs {threads} > {log:q} 2>&1"
+        " --mask-saving-strategy {params.strategy:q} {params.unrefined}"
+        " --jobs {threads} > {log:q} 2>&1"
 
 
 rule convert_assemble:
