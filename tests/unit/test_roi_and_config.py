@@ -52,6 +52,7 @@ def test_defaults_filled_from_schema() -> None:
     ds = settings.datasets["liver"]
     assert ds.roi_yaml == Path("config/roi_liver.yaml")
     assert ds.modality == "CT"
+    assert ds.allow_unrefined_predictions is False
     assert settings.rawdata == Path("data/rawdata")
 
 
