@@ -166,3 +166,28 @@ def test_rtstruct_with_holes_and_several_contours_per_slice(demo_rawdata: Path, 
     report = json.loads((out / "check.json").read_text())
     assert report["mismatches"] == 0
     assert {r["annotation"] for r in report["rois"]} == {"SEG", "RTSTRUCT"}
+
+
+def test_label_map_off_the_image_grid_is_a_clear_error(
+    demo_rawdata: Path, converted_first, tmp_path: Path
+) -> None:
+    out, cases = converted_first
+    case = cases[0]
+    image = sitk.ReadImage(str(out / case.label))
+    origin = list(image.GetOrigin())
+    origin[0] += 5 * image.GetSpacing()[0]
+    image.SetOrigin(origin)
+    moved = tmp_path / "moved.nii.gz"
+    sitk.WriteImage(image, str(moved))
+    patient = demo_rawdata / "2026-01-15__demo" / case.patient_id
+    with pytest.raises(ConversionError, match="not on the grid of its image series"):
+        check_case(
+            case.case_id,
+            case.patient_id,
+            moved,
+            sorted((patient / "CT").glob("*.dcm")),
+            case.annotation_kind,
+            next((patient / case.annotation_kind).glob("*.dcm")),
+            load_roi_yaml(ROI),
+            "sparse_mask",
+        )

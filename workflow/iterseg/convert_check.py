@@ -22,6 +22,7 @@ import numpy as np
 import pydicom
 
 from iterseg.dicom_series import sort_by_position
+from iterseg.errors import ConversionError
 
 logger = logging.getLogger(__name__)
 
@@ -71,13 +72,18 @@ def _combine(masks: dict[int, np.ndarray], shape: tuple[int, ...], strategy: str
     return out
 
 
-def _slice_index(label_image: object, source: Sequence[pydicom.Dataset]) -> list[int]:
+def _slice_index(label_image: object, source: Sequence[pydicom.Dataset], label_file: Path) -> list[int]:
     """Index along the label image's z axis of each source slice, from geometry alone."""
     indices = []
+    size = label_image.GetSize()  # type: ignore[attr-defined]
     for ds in source:
         idx = label_image.TransformPhysicalPointToIndex([float(v) for v in ds.ImagePositionPatient])  # type: ignore[attr-defined]
-        if idx[0] != 0 or idx[1] != 0:
-            raise ValueError("label image and source slices are not on one in-plane grid")
+        if idx[0] != 0 or idx[1] != 0 or not 0 <= idx[2] < size[2]:
+            raise ConversionError(
+                f"{label_file}: the converted label map is not on the grid of its image series "
+                f"(slice {ds.SOPInstanceUID} maps to voxel {tuple(idx)}); the conversion cannot be "
+                "checked, so nothing is trained on it. Report the case with its DICOM files."
+            )
         indices.append(int(idx[2]))
     return indices
 
@@ -193,7 +199,7 @@ def check_case(
     headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in image_files]
     source, _ = sort_by_position(headers, list(image_files))
     label_image = sitk.ReadImage(str(label_file))
-    converted = sitk.GetArrayFromImage(label_image)[_slice_index(label_image, source)]
+    converted = sitk.GetArrayFromImage(label_image)[_slice_index(label_image, source, label_file)]
     tolerance: dict[int, np.ndarray] = {}
     if annotation_kind == "SEG":
         masks = expected_from_seg(annotation_file, source, roi_labels)
