@@ -31,3 +31,11 @@ class PredictionError(IterSegError):
 
 class PromotionError(IterSegError):
     """The ``latest`` link could not be moved."""
+
+
+class PlanOverrideError(IterSegError):
+    """A configured plans override cannot be applied to nnU-Net's plans."""
+
+
+class EvaluationError(IterSegError):
+    """The held-out test set could not be predicted or scored."""
