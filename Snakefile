@@ -10,6 +10,7 @@ include: "workflow/rules/convert.smk"
 include: "workflow/rules/plan.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
+include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/results.smk"
 
 

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 from iterseg.errors import PromotionError
-from iterseg.promote import current_latest, promote, rollback, status_table
+from iterseg.manifest import decide
+from iterseg.promote import current_latest, promote, rollback, settle, status_table
 
 pytestmark = pytest.mark.unit
 
@@ -100,12 +101,87 @@ def test_rollback_without_earlier_iteration_is_refused(tmp_path: Path) -> None:
         rollback(tmp_path)
 
 
-def test_status_table_marks_latest(tmp_path: Path) -> None:
+def _manifest(root: Path, date: str, dice: dict[str, float], promotion: dict) -> None:
+    summary = {name: {"dice_mean": value, "nsd_mean": value, "cases": 2} for name, value in dice.items()}
+    manifest = {
+        "labels": {"background": 0, "liver": 1, "tumour": 2, "ignore": 3},
+        "summary": {"train": 5, "test": 2, "new": 5, "refined": 0, "converted": 4, "reused": 3},
+        "test_metrics": {"summary": summary},
+        "promotion": promotion,
+    }
+    (root / date / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_status_table_shows_counts_dice_and_why(tmp_path: Path) -> None:
     _finished(tmp_path, "2026-01-01", "2026-02-01")
+    _manifest(tmp_path, "2026-01-01", {"liver": 0.9, "tumour": 0.5}, {"promoted": True, "reason": "first"})
+    _manifest(tmp_path, "2026-02-01", {"liver": 0.8}, {"promoted": False, "reason": "Dice dropped"})
     promote(tmp_path, "2026-02-01")
     rollback(tmp_path)
     lines = status_table(tmp_path).splitlines()
-    assert lines[0].split()[:2] == ["date", "nnU-Net"]
-    assert lines[1].startswith("2026-01-01") and lines[1].endswith("<- latest")
-    assert lines[2].startswith("2026-02-01") and "<- latest" not in lines[2]
-    assert "D_2026-02-01" in lines[2]
+    assert lines[0].split() == [
+        "date",
+        "train",
+        "test",
+        "new",
+        "refined",
+        "converted",
+        "Dice",
+        "liver",
+        "Dice",
+        "tumour",
+        "promoted",
+    ]
+    assert lines[1].split()[:9] == ["2026-01-01", "5", "2", "5", "0", "4/7", "0.900", "0.500", "<-"]
+    assert lines[1].endswith("<- latest; yes: first")
+    assert lines[2].split()[6:8] == ["0.800", "-"] and lines[2].endswith("no: Dice dropped")
+
+
+def _fold(tmp_path: Path) -> dict:
+    checkpoint = tmp_path / "checkpoint_final.pth"
+    checkpoint.write_bytes(b"x")
+    return {"fold": "0", "checkpoint": str(checkpoint)}
+
+
+def _scored(mean: float) -> dict:
+    return {"summary": {"mean": {"dice_mean": mean}}}
+
+
+def test_gate_compares_mean_dice_with_latest(tmp_path: Path) -> None:
+    folds = [_fold(tmp_path)]
+    latest = {"test_metrics": _scored(0.80)}
+    assert decide(folds, _scored(0.79), "2026-01-01", latest, 0.02).promote
+    assert decide(folds, _scored(0.85), "2026-01-01", latest, 0.0).promote
+    refused = decide(folds, _scored(0.70), "2026-01-01", latest, 0.02)
+    assert (
+        not refused.promote
+        and "0.100 below 0.800" in refused.reason
+        and "latest stays on 2026-01-01" in refused.reason
+    )
+    assert not decide(folds, _scored(0.81), "2026-01-01", latest, -0.05).promote  # a gain is demanded
+    assert decide(folds, _scored(0.10), "2026-01-01", latest, None).promote  # gate off
+    assert decide(folds, {}, "2026-01-01", latest, 0.02).promote  # no test set
+    assert decide(folds, _scored(0.10), None, None, 0.02).promote  # nothing to compare with
+
+
+def test_gate_refuses_a_missing_fold(tmp_path: Path) -> None:
+    folds = [_fold(tmp_path), {"fold": "1", "checkpoint": str(tmp_path / "nope.pth")}]
+    decision = decide(folds, _scored(0.9), None, None, 0.02)
+    assert not decision.promote and "fold(s) 1" in decision.reason
+
+
+def test_a_decision_is_taken_once(tmp_path: Path) -> None:
+    for date in ("2026-01-01", "2026-02-01"):
+        (tmp_path / date).mkdir()
+    assert settle(tmp_path, "2026-01-01", True, "first")["promoted"]
+    gated = settle(tmp_path, "2026-02-01", False, "Dice dropped")
+    assert gated == {"promoted": False, "reason": "Dice dropped", "latest_before": "2026-01-01"}
+    assert current_latest(tmp_path) == "2026-01-01"
+    # re-running the step (e.g. after a config edit) neither re-gates nor moves latest
+    again = settle(tmp_path, "2026-02-01", True, "would pass now")
+    assert again["promoted"] is False and again["reason"] == "Dice dropped"
+    assert current_latest(tmp_path) == "2026-01-01"
+    rollback_target = settle(tmp_path, "2026-01-01", True, "again")
+    assert rollback_target["reason"] == "first"
+    actions = [json.loads(x)["action"] for x in (tmp_path / "latest_history.jsonl").read_text().splitlines()]
+    assert actions == ["promote", "gated"]

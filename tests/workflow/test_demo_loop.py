@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -19,7 +20,13 @@ from seg_checks import frame_positions_on_source_slices, referenced_series, seg_
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
-FIRST, SECOND = "2026-01-15", "2026-03-02"
+FIRST, SECOND, THIRD = "2026-01-15", "2026-03-02", "2026-04-01"
+PRE = "data/procdata/demo/{date}__demo/nnUNet_preprocessed/{name}"
+TEST_PATIENTS = {"P003", "P004"}  # config/demo.yaml
+
+
+def procdata(project: Path, date: str) -> Path:
+    return project / f"data/procdata/demo/{date}__demo"
 
 
 def snakemake(project: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess[str]:
@@ -56,7 +63,8 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         check=True,
     )
     before = tree_digest(project / "data/rawdata")
-    run = snakemake(project)
+    # The tiny demo trainer's test Dice is noise; the gate itself is exercised by the third iteration.
+    run = snakemake(project, "--config", "promotion={max_dice_drop: null}")
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-5000:]
     after = tree_digest(project / "data/rawdata")
     return {"project": project, "before": before, "after": after, "run": run}
@@ -67,8 +75,9 @@ def test_latest_points_at_the_second_iteration(demo_run: dict) -> None:
     assert os.readlink(results / "latest") == SECOND
     assert (results / "latest" / "iteration.json").is_file()
     summary = json.loads((results / "latest" / "iteration.json").read_text())
-    assert summary["dataset_name"] == "Dataset902_demo_20260302"
-    assert summary["plans_source"] == "Dataset901_demo_20260115"
+    assert summary["dataset_name"] == "Dataset902_demo_20260302" and summary["promoted"] is True
+    plan = json.loads((procdata(demo_run["project"], SECOND) / "planned.json").read_text())
+    assert plan["plans_source"] == "Dataset901_demo_20260115"
 
 
 def test_second_iteration_fine_tunes_with_transferred_plans(demo_run: dict) -> None:
@@ -99,15 +108,98 @@ def test_second_iteration_fine_tunes_with_transferred_plans(demo_run: dict) -> N
 
 
 def test_second_iteration_trains_on_all_snapshots_newest_annotation_winning(demo_run: dict) -> None:
-    cases = json.loads(
-        (
-            demo_run["project"] / "data/procdata/demo/2026-03-02__demo/nnUNet_raw/"
-            "Dataset902_demo_20260302/cases.json"
-        ).read_text()
+    record = json.loads((procdata(demo_run["project"], SECOND) / "assembled.json").read_text())
+    cases = record["records"]
+    assert len(cases) == 11 and len(record["cases"]) == 9  # 2 patients held out
+    by_patient = {c["patient_id"]: c for c in cases}
+    assert by_patient["P001"]["snapshot"] == SECOND and by_patient["P003"]["snapshot"] == FIRST
+    # the refined SEG of P001 supersedes the first snapshot's annotation of the same image series
+    (old,) = by_patient["P001"]["superseded"]
+    assert old["snapshot"] == FIRST and old["same_content"] == "false"
+    assert old["annotation_series_uid"] != by_patient["P001"]["annotation_series_uid"]
+    assert {p for p, c in by_patient.items() if c["change"] == "refined"} == {"P001", "P002", "P004"}
+    assert record["summary"]["new"] == 4 and record["summary"]["refined"] == 3
+
+
+def test_plans_override_and_schedules_reach_nnunet(demo_run: dict) -> None:
+    project = demo_run["project"]
+    plans = json.loads(
+        (project / PRE.format(date=FIRST, name="Dataset901_demo_20260115") / "nnUNetPlans.json").read_text()
     )
-    assert len(cases) == 11
-    by_patient = {c["patient_id"]: c["snapshot"] for c in cases}
-    assert by_patient["P001"] == SECOND and by_patient["P003"] == FIRST and by_patient["P011"] == SECOND
+    conf = plans["configurations"]["3d_fullres"]
+    arch = conf["architecture"]["arch_kwargs"]
+    assert arch["n_stages"] == 4 and arch["features_per_stage"] == [16, 32, 64, 128]
+    assert len(arch["strides"]) == 4 and conf["batch_size"] == 2
+    record = json.loads((procdata(project, FIRST) / "planned.json").read_text())
+    assert record["overrides"]["n_stages"] == 4 and 0 < record["parameters"] < 2_000_000
+    # nnU-Net trained with those plans: the checkpoint carries them
+    import torch
+
+    fold = json.loads((procdata(project, FIRST) / "trained/fold_0.json").read_text())
+    saved = torch.load(fold["checkpoint"], map_location="cpu", weights_only=False)
+    assert saved["init_args"]["plans"]["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"][
+        "features_per_stage"
+    ] == [16, 32, 64, 128]
+    assert "fold 0: 3 epochs" in (project / f"data/results/demo/{FIRST}/logs/train_fold_0.log").read_text()
+    second = (project / f"data/results/demo/{SECOND}/logs/train_fold_0.log").read_text()
+    assert "fold 0: 2 epochs, initial lr 0.005" in second
+
+
+def test_test_patients_never_reach_training(demo_run: dict) -> None:
+    project = demo_run["project"]
+    for date, name in ((FIRST, "Dataset901_demo_20260115"), (SECOND, "Dataset902_demo_20260302")):
+        record = json.loads((procdata(project, date) / "assembled.json").read_text())
+        assert set(record["test_set"]["patients"]) == TEST_PATIENTS
+        test_ids = [r["case_id"] for r in record["records"] if r["split"] == "test"]
+        assert (
+            len(test_ids) == 2
+            and {r["patient_id"] for r in record["records"] if r["split"] == "test"} == TEST_PATIENTS
+        )
+        pre = project / PRE.format(date=date, name=name)
+        splits = json.loads((pre / "splits_final.json").read_text())
+        in_splits = {c for split in splits for c in split["train"] + split["val"]}
+        assert in_splits and not in_splits & set(test_ids)
+        preprocessed = [p.name for p in (pre / "nnUNetPlans_3d_fullres").iterdir()]
+        assert preprocessed and not [p for p in preprocessed if p.split(".")[0] in test_ids]
+        raw = procdata(project, date) / "nnUNet_raw" / name
+        assert sorted(p.name for p in (raw / "labelsTs").iterdir()) == sorted(f"{c}.nii.gz" for c in test_ids)
+        metrics = json.loads((project / f"data/results/demo/{date}/test_metrics.json").read_text())
+        assert sorted(metrics["cases"]) == sorted(test_ids)
+        for case in metrics["cases"].values():
+            assert set(case["metrics"]) == {"liver", "tumour"}
+            assert 0.0 <= case["metrics"]["liver"]["dice"] <= 1.0
+    # P004's refined annotation (second snapshot) became its test label
+    second = json.loads((procdata(project, SECOND) / "assembled.json").read_text())
+    (p004,) = [r for r in second["records"] if r["patient_id"] == "P004"]
+    assert p004["split"] == "test" and p004["snapshot"] == SECOND
+
+
+def test_partially_labelled_case_trains_with_the_ignore_label(demo_run: dict) -> None:
+    project = demo_run["project"]
+    name = "Dataset902_demo_20260302"
+    record = json.loads((procdata(project, SECOND) / "assembled.json").read_text())
+    (p011,) = [r for r in record["records"] if r["patient_id"] == "P011"]
+    assert p011["missing_rois"] == ["tumour"] and p011["split"] == "train"
+    assert record["labels"] == {"background": 0, "liver": 1, "tumour": 2, "ignore": 3}
+    assert record["summary"]["partial_cases"] == 1 and record["summary"]["missing_rois"] == {"tumour": 1}
+    converted = sitk.GetArrayFromImage(
+        sitk.ReadImage(str(procdata(project, SECOND) / "converted" / p011["label"]))
+    )
+    trained = sitk.GetArrayFromImage(sitk.ReadImage(p011["raw_label"]))
+    assert set(np.unique(converted)) == {0, 1}  # conversion stays faithful to the annotation
+    assert set(np.unique(trained)) == {1, 3}  # liver kept, the rest unknown
+    assert np.array_equal(trained == 1, converted == 1) and p011["ignored_voxels"] == int(
+        (converted == 0).sum()
+    )
+    model = (
+        procdata(project, SECOND) / f"nnUNet_results/{name}/nnUNetTrainerIterSegDemo__nnUNetPlans__3d_fullres"
+    )
+    assert json.loads((model / "dataset.json").read_text())["labels"]["ignore"] == 3
+    assert (model / "fold_0/checkpoint_final.pth").is_file()
+    assert (
+        "lack ROIs {'tumour': 1}"
+        in (project / f"data/results/demo/{SECOND}/logs/convert_assemble.log").read_text()
+    )
 
 
 @pytest.mark.parametrize("iteration", [FIRST, SECOND])
@@ -143,6 +235,7 @@ def test_one_log_per_rule_and_iteration(demo_run: dict) -> None:
         assert logs == [
             "convert_assemble.log",
             "convert_snapshot.log",
+            "evaluate_test.log",
             "plan_preprocess.log",
             "predict_inbox.log",
             "results_promote.log",
@@ -150,13 +243,98 @@ def test_one_log_per_rule_and_iteration(demo_run: dict) -> None:
         ]
 
 
+def test_manifest_records_what_the_model_learned_from(demo_run: dict) -> None:
+    from iterseg.config import config_hash
+
+    project = demo_run["project"]
+    manifest = json.loads((project / f"data/results/demo/{SECOND}/manifest.json").read_text())
+    assert manifest["iteration"] == SECOND and manifest["parent"]["iteration"] == FIRST
+    first_ckpt = json.loads((procdata(project, FIRST) / "trained/fold_0.json").read_text())["checkpoint"]
+    assert manifest["parent"]["checkpoints"] == {"0": first_ckpt}
+    assert manifest["config_sha256"] == config_hash(manifest["config"])
+    assert manifest["config"]["datasets"]["demo"]["test_set"]["patients"] == ["P003", "P004"]
+    roi = project / "config/roi_demo.yaml"
+    assert manifest["roi_yaml"]["sha256"] == hashlib.sha256(roi.read_bytes()).hexdigest()
+    plans_file = Path(manifest["plans"]["file"])
+    assert manifest["plans"]["sha256"] == hashlib.sha256((project / plans_file).read_bytes()).hexdigest()
+    assert set(manifest["versions"]) >= {"nnunetv2", "med-imagetools", "torch", "highdicom", "iterseg"}
+    assert [f["status"] for f in manifest["folds"]] == ["finished"]
+    assert manifest["test_metrics"]["summary"]["liver"]["cases"] == 2
+    assert manifest["promotion"]["promoted"] is True
+    cases = {c["patient_id"]: c for c in manifest["cases"]}
+    assert len(cases) == 11 and {p for p, c in cases.items() if c["split"] == "test"} == TEST_PATIENTS
+    p001 = cases["P001"]
+    ct = pydicom.dcmread(p001["image"]["files"][0], stop_before_pixels=True)
+    assert (
+        p001["image"]["series_uid"] == ct.SeriesInstanceUID
+        and p001["image"]["study_uid"] == ct.StudyInstanceUID
+    )
+    assert ct.SOPInstanceUID in p001["image"]["sop_uids"] and len(p001["image"]["sop_uids"]) == 32
+    seg = pydicom.dcmread(p001["annotation"]["files"][0], stop_before_pixels=True)
+    assert p001["annotation"]["sop_uids"] == [seg.SOPInstanceUID] and p001["annotation"]["snapshot"] == SECOND
+    assert len(p001["annotation"]["content_sha256"]) == 64 and p001["superseded"][0]["snapshot"] == FIRST
+    assert "newest annotation" in p001["why"]
+
+
 def test_rerun_with_nothing_new_schedules_no_job(demo_run: dict) -> None:
-    dry = snakemake(demo_run["project"], "-n")
+    dry = snakemake(demo_run["project"], "--config", "promotion={max_dice_drop: null}", "-n")
     assert dry.returncode == 0, dry.stderr
     assert "Nothing to be done" in dry.stdout + dry.stderr
 
 
-def test_failed_iteration_leaves_latest_on_the_last_good_one(demo_run: dict) -> None:
+@pytest.fixture(scope="module")
+def third_run(demo_run: dict) -> dict:
+    """A third snapshot: the second one again plus one new patient, under a gate it cannot pass."""
+    from iterseg.demo import annotated, make_phantom, phantom_arrays, write_ct_series, write_seg
+
+    project = demo_run["project"]
+    raw = project / "data/rawdata/demo"
+    third = raw / f"{THIRD}__demo"
+    shutil.copytree(raw / f"{SECOND}__demo", third)
+    phantom = make_phantom("P012", 12)
+    ct = write_ct_series(phantom, third / "P012" / "CT")
+    _, masks = phantom_arrays(annotated(phantom, 1.0))
+    write_seg(phantom, ct, third / "P012" / "SEG" / "seg.dcm", masks, "v1")
+    latest_manifest = json.loads((project / "data/results/demo/latest/manifest.json").read_text())
+    run = snakemake(project, "--config", "promotion={max_dice_drop: -1.0}")
+    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-5000:]
+    return {"project": project, "run": run, "latest_manifest_before": latest_manifest}
+
+
+def test_only_the_new_series_is_converted(third_run: dict) -> None:
+    project = third_run["project"]
+    cases = json.loads((procdata(project, THIRD) / "converted/cases.json").read_text())
+    converted = [c["patient_id"] for c in cases if c["conversion"] == "converted"]
+    assert converted == ["P012"]
+    assert len(cases) == 8 and {c["reused_from"] for c in cases if c["conversion"] == "reused"} == {SECOND}
+    log = (project / f"data/results/demo/{THIRD}/logs/convert_snapshot.log").read_text()
+    assert "8 case(s): 1 converted, 7 reused unchanged" in log
+    assert log.count("with med-imagetools") == 1  # one run, for the new pair only
+    manifest = json.loads((project / f"data/results/demo/{THIRD}/manifest.json").read_text())
+    assert manifest["summary"]["converted"] == 1 and manifest["summary"]["reused"] == 7
+    assert manifest["summary"]["new"] == 1 and manifest["summary"]["refined"] == 0
+    # a reused NIfTI is the earlier file itself
+    p008 = next(c for c in cases if c["patient_id"] == "P008")
+    earlier = procdata(project, SECOND) / "converted" / p008["label"]
+    assert os.path.samefile(procdata(project, THIRD) / "converted" / p008["label"], earlier)
+
+
+def test_gated_out_iteration_leaves_latest_and_says_why(third_run: dict) -> None:
+    project = third_run["project"]
+    results = project / "data/results/demo"
+    assert os.readlink(results / "latest") == SECOND
+    manifest = json.loads((results / THIRD / "manifest.json").read_text())
+    assert manifest["promotion"]["promoted"] is False and "below" in manifest["promotion"]["reason"]
+    assert "latest stays on 2026-03-02" in manifest["promotion"]["reason"]
+    assert (results / THIRD / "seg").is_dir() and manifest["folds"][0]["status"] == "finished"
+    # the config edit re-ran the earlier iterations' last step; their decisions stand
+    second = json.loads((results / SECOND / "manifest.json").read_text())
+    assert second["promotion"] == third_run["latest_manifest_before"]["promotion"]
+    history = [json.loads(line) for line in (results / "latest_history.jsonl").read_text().splitlines()]
+    assert [h["action"] for h in history] == ["promote", "promote", "gated"]
+
+
+def test_failed_iteration_leaves_latest_on_the_last_good_one(third_run: dict) -> None:
     """A new snapshot whose annotation cannot be converted fails loudly; `latest` stays put."""
     project = demo_run["project"]
     raw = project / "data/rawdata/demo"
@@ -168,7 +346,7 @@ def test_failed_iteration_leaves_latest_on_the_last_good_one(demo_run: dict) -> 
         roi.ROIName = "Spleen"
     rt.save_as(rt_path)
     try:
-        run = snakemake(project)
+        run = snakemake(project, "--config", "promotion={max_dice_drop: -1.0}")
         assert run.returncode != 0
         log = (project / "data/results/demo/2026-04-20/logs/convert_snapshot.log").read_text()
         assert "P008" in log and "could not be converted" in log
@@ -188,19 +366,22 @@ def test_conversion_check_passed_for_every_case(demo_run: dict) -> None:
         assert seg_rois and all(r["differing_voxels"] == 0 for r in seg_rois)
 
 
-def test_status_and_rollback_through_the_cli(demo_run: dict) -> None:
-    project = demo_run["project"]
+def test_status_and_rollback_through_the_cli(third_run: dict) -> None:
+    project = third_run["project"]
     iterseg = str(Path(sys.executable).parent / "iterseg")
     status = subprocess.run(
         [iterseg, "status", "demo"], cwd=project, capture_output=True, text=True, check=True
     )
     rows = status.stdout.splitlines()
-    assert rows[1].split()[:3] == [FIRST, "Dataset901_demo_20260115", "7"]
-    assert rows[2].split()[:3] == [SECOND, "Dataset902_demo_20260302", "11"] and rows[2].endswith("<- latest")
+    assert rows[0].split()[:6] == ["date", "train", "test", "new", "refined", "converted"]
+    assert "Dice liver" in rows[0] and "Dice tumour" in rows[0]
+    assert rows[1].split()[:6] == [FIRST, "5", "2", "7", "0", "7/7"]
+    assert rows[2].split()[:6] == [SECOND, "9", "2", "4", "3", "7/7"] and "<- latest; yes" in rows[2]
+    assert rows[3].split()[:6] == [THIRD, "10", "2", "1", "0", "1/8"] and "no: test mean Dice" in rows[3]
     subprocess.run([iterseg, "rollback", "demo", "--reason", "test"], cwd=project, check=True)
     assert os.readlink(project / "data/results/demo/latest") == FIRST
     # snakemake does not undo a rollback: nothing to do, latest stays
-    dry = snakemake(project, "-n")
+    dry = snakemake(project, "--config", "promotion={max_dice_drop: -1.0}", "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr
     subprocess.run([iterseg, "rollback", "demo", SECOND], cwd=project, check=True)
     assert os.readlink(project / "data/results/demo/latest") == SECOND
@@ -208,9 +389,9 @@ def test_status_and_rollback_through_the_cli(demo_run: dict) -> None:
     assert [json.loads(h)["action"] for h in history][-2:] == ["rollback", "rollback"]
 
 
-def test_our_unedited_prediction_dropped_back_is_excluded(demo_run: dict) -> None:
+def test_our_unedited_prediction_dropped_back_is_excluded(third_run: dict) -> None:
     """A researcher drops an inbox case with our SEG, unedited, into a new snapshot."""
-    project = demo_run["project"]
+    project = third_run["project"]
     raw = project / "data/rawdata/demo"
     third = raw / "2026-05-10__demo"
     shutil.copytree(raw / "inbox" / "P101", third / "P101")
@@ -220,10 +401,11 @@ def test_our_unedited_prediction_dropped_back_is_excluded(demo_run: dict) -> Non
     )
     shutil.copytree(raw / "2026-03-02__demo" / "P008", third / "P008")
     try:
-        run = snakemake(project, "--until", "convert_snapshot")
+        run = snakemake(project, "--config", "promotion={max_dice_drop: -1.0}", "--until", "convert_snapshot")
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         converted = project / "data/procdata/demo/2026-05-10__demo/converted"
-        assert [c["patient_id"] for c in json.loads((converted / "cases.json").read_text())] == ["P008"]
+        cases = json.loads((converted / "cases.json").read_text())
+        assert [(c["patient_id"], c["conversion"]) for c in cases] == [("P008", "reused")]
         excluded = json.loads((converted / "excluded.json").read_text())
         assert [e["patient_id"] for e in excluded] == ["P101"]
         assert "unrefined iterseg prediction" in excluded[0]["reason"]

@@ -34,7 +34,8 @@ def cmd_demo_data(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    """Convert one snapshot with med-imagetools."""
+    """Convert one snapshot with med-imagetools, reusing unchanged pairs of earlier snapshots."""
+    from iterseg.annotations import DuplicateRule
     from iterseg.convert import convert_snapshot
 
     convert_snapshot(
@@ -45,20 +46,29 @@ def cmd_convert(args: argparse.Namespace) -> None:
         args.mask_saving_strategy,
         args.jobs,
         args.allow_unrefined_predictions,
+        DuplicateRule(args.duplicate_annotations),
+        [Path(p).parent for p in args.reuse_from if p],
     )
 
 
 def cmd_assemble(args: argparse.Namespace) -> None:
     """Build the iteration's nnU-Net raw dataset from converted snapshots."""
-    from iterseg.convert import assemble_dataset
+    from iterseg.assemble import MissingRoiPolicy, TestSetSpec, assemble_dataset
 
     work = Path(args.work)
-    raw = work / "nnUNet_raw" / args.dataset_name
-    cases = assemble_dataset([Path(c) for c in args.converted], raw, Path(args.roi_yaml), args.modality)
-    _write_json(
-        Path(args.output),
-        {"dataset_name": args.dataset_name, "raw": str(raw), "cases": sorted(c.case_id for c in cases)},
+    frozen = json.loads(Path(args.test_set_from).read_text())["test_set"] if args.test_set_from else None
+    previous = json.loads(Path(args.previous).read_text()) if args.previous else None
+    record = assemble_dataset(
+        [Path(c) for c in args.converted],
+        work / "nnUNet_raw" / args.dataset_name,
+        Path(args.roi_yaml),
+        args.modality,
+        MissingRoiPolicy(args.missing_roi),
+        TestSetSpec(args.test_fraction, tuple(args.test_patients), args.test_seed),
+        frozen,
+        previous,
     )
+    _write_json(Path(args.output), record)
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
@@ -77,6 +87,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
         args.processes,
         source_work,
         source_name,
+        json.loads(args.overrides) if args.overrides else None,
     )
     write_record(record, Path(args.output))
 
@@ -97,6 +108,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         args.device,
         args.threads,
         pretrained,
+        epochs=args.epochs,
+        initial_lr=args.initial_lr,
     )
     _write_json(
         Path(args.output),
@@ -105,6 +118,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             "trainer": args.trainer,
             "checkpoint": str(checkpoint.resolve()),
             "pretrained": str(pretrained) if pretrained else None,
+            "epochs": args.epochs,
+            "initial_lr": args.initial_lr,
             "seconds": round(time.monotonic() - started, 1),
         },
     )
@@ -129,27 +144,85 @@ def cmd_predict(args: argparse.Namespace) -> None:
     write_predictions(predictions, Path(args.output))
 
 
-def cmd_promote(args: argparse.Namespace) -> None:
-    """Record the finished iteration and move ``latest`` to it."""
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Predict the frozen test set and score it (Dice, NSD)."""
+    from iterseg.evaluate import TestCase, evaluate_test_set, write_json
+    from iterseg.layout import model_dir
+    from iterseg.nnunet_env import configure_nnunet
     from iterseg.plan import read_record
-    from iterseg.promote import promote
+
+    record = read_record(Path(args.plan_record))
+    assembled = json.loads(Path(args.assembled).read_text())
+    cases = [
+        TestCase(
+            r["case_id"],
+            r["patient_id"],
+            Path(r["raw_image"]),
+            Path(r["raw_label"]),
+            tuple(r["missing_rois"]),
+        )
+        for r in assembled["records"]
+        if r["split"] == "test"
+    ]
+    work = Path(args.work)
+    configure_nnunet(work, device=args.device)
+    metrics = evaluate_test_set(
+        model_dir(work, record.dataset_name, args.trainer, record.plans, record.configuration),
+        tuple(args.folds),
+        args.device,
+        cases,
+        Path(args.out),
+        args.nsd_tolerance_mm,
+    )
+    write_json(metrics, Path(args.output))
+
+
+def cmd_promote(args: argparse.Namespace) -> None:
+    """Write the iteration's manifest, gate it, and move ``latest`` to it if it passes."""
+    from iterseg.config import config_hash
+    from iterseg.manifest import MANIFEST_FILE, build_manifest, decide
+    from iterseg.promote import current_latest, settle
 
     results = Path(args.results)
-    record = read_record(Path(args.plan_record))
+    plan = json.loads(Path(args.plan_record).read_text())
     folds = [json.loads(Path(f).read_text()) for f in args.fold_records]
-    assembled = json.loads(Path(args.assembled).read_text())
-    summary = {
-        "iteration": args.iteration,
-        "dataset_name": record.dataset_name,
-        "training_cases": len(assembled["cases"]),
-        "plans": record.plans,
-        "plans_source": record.plans_source,
-        "configuration": record.configuration,
-        "folds": folds,
-        "predictions": json.loads(Path(args.predictions).read_text()),
-    }
-    _write_json(Path(args.output), summary)
-    promote(results, args.iteration)
+    config = json.loads(args.config_json)
+    parent = json.loads(Path(args.previous).read_text())["iteration"] if args.previous else None
+    manifest = build_manifest(
+        args.iteration,
+        plan,
+        Path(args.plan_record).parent
+        / "nnUNet_preprocessed"
+        / plan["dataset_name"]
+        / f"{plan['plans']}.json",
+        json.loads(Path(args.assembled).read_text()),
+        folds,
+        json.loads(Path(args.predictions).read_text()),
+        json.loads(Path(args.test_metrics).read_text()),
+        config,
+        config_hash(config),
+        Path(args.roi_yaml),
+        parent,
+    )
+    latest = current_latest(results)
+    latest_manifest = None
+    if latest is not None and (results / latest / MANIFEST_FILE).is_file():
+        latest_manifest = json.loads((results / latest / MANIFEST_FILE).read_text())
+    max_drop = None if args.max_dice_drop.lower() == "none" else float(args.max_dice_drop)
+    decision = decide(folds, manifest["test_metrics"], latest, latest_manifest, max_drop)
+    manifest["promotion"] = settle(results, args.iteration, decision.promote, decision.reason)
+    _write_json(results / args.iteration / MANIFEST_FILE, manifest)
+    _write_json(
+        Path(args.output),
+        {
+            "iteration": args.iteration,
+            "dataset_name": plan["dataset_name"],
+            "training_cases": manifest["summary"]["train"],
+            "promoted": manifest["promotion"]["promoted"],
+            "reason": manifest["promotion"]["reason"],
+            "manifest": str(results / args.iteration / MANIFEST_FILE),
+        },
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -210,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train on our own predicted SEGs found unedited in the snapshot (default: exclude them)",
     )
+    p.add_argument("--duplicate-annotations", default="error", choices=["error", "newest_series_date"])
+    p.add_argument(
+        "--reuse-from",
+        nargs="*",
+        default=[],
+        help="cases.json of earlier snapshots whose unchanged pairs are reused",
+    )
 
     p = _add(sub, "assemble", cmd_assemble, "build an iteration's nnU-Net raw dataset")
     p.add_argument("--work", required=True)
@@ -217,6 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--converted", nargs="+", required=True, help="converted folders in date order")
     p.add_argument("--roi-yaml", required=True)
     p.add_argument("--modality", default="CT", choices=["CT", "MR"])
+    p.add_argument("--missing-roi", default="ignore", choices=["ignore", "drop", "error"])
+    p.add_argument(
+        "--test-fraction", type=float, default=0.0, help="first iteration: share of patients held out"
+    )
+    p.add_argument("--test-patients", nargs="*", default=[], help="first iteration: PatientIDs held out")
+    p.add_argument("--test-seed", type=int, default=0)
+    p.add_argument("--test-set-from", help="later iterations: the first iteration's assembled.json")
+    p.add_argument("--previous", help="the previous iteration's assembled.json (new/refined counts)")
     p.add_argument("--output", required=True)
 
     p = _add(sub, "plan", cmd_plan, "plan+preprocess, or transfer the first iteration's plans")
@@ -226,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plans", required=True)
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--source-record", help="plan record of the first iteration (later iterations)")
+    p.add_argument("--overrides", help="first iteration: plans overrides as JSON (nnunet.plans_overrides)")
     p.add_argument("--output", required=True)
 
     p = _add(sub, "train", cmd_train, "train one fold with nnU-Net")
@@ -233,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", required=True)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--pretrained-from", help="fold record of the previous iteration")
+    p.add_argument("--epochs", type=int, help="override the trainer's number of epochs")
+    p.add_argument("--initial-lr", type=float, help="override the trainer's initial learning rate")
     p.add_argument("--output", required=True)
 
     p = _add(sub, "predict", cmd_predict, "predict the inbox and export DICOM-SEGs")
@@ -244,13 +335,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--description", required=True)
     p.add_argument("--output", required=True)
 
-    p = _add(sub, "promote", cmd_promote, "record a finished iteration and move `latest` to it")
+    p = _add(sub, "evaluate", cmd_evaluate, "predict the frozen test set and score Dice and NSD per label")
+    _add_model_args(p)
+    p.add_argument("--folds", nargs="+", required=True)
+    p.add_argument("--assembled", required=True, help="the iteration's assembled.json")
+    p.add_argument("--nsd-tolerance-mm", type=float, default=2.0)
+    p.add_argument("--out", required=True, help="the iteration's results folder")
+    p.add_argument("--output", required=True)
+
+    p = _add(
+        sub, "promote", cmd_promote, "write the manifest, gate the iteration, move `latest` if it passes"
+    )
     p.add_argument("--results", required=True, help="results/<dataset>")
     p.add_argument("--iteration", required=True, help="the date folder under results/<dataset>")
     p.add_argument("--plan-record", required=True)
     p.add_argument("--assembled", required=True, help="the iteration's assembled.json")
     p.add_argument("--fold-records", nargs="+", required=True)
     p.add_argument("--predictions", required=True)
+    p.add_argument("--test-metrics", required=True)
+    p.add_argument("--roi-yaml", required=True)
+    p.add_argument("--config-json", required=True, help="the validated workflow config, as JSON")
+    p.add_argument("--previous", help="the previous iteration's iteration.json")
+    p.add_argument(
+        "--max-dice-drop", default="0.02", help="allowed drop of test mean Dice vs `latest`; none: no gate"
+    )
     p.add_argument("--output", required=True)
 
     p = _add(sub, "status", cmd_status, "table of a dataset's finished iterations and which is `latest`")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +29,21 @@ class DatasetSettings:
     modality: str
     mask_saving_strategy: str
     allow_unrefined_predictions: bool
+    missing_roi: str = "ignore"
+    duplicate_annotations: str = "error"
+    test_fraction: float = 0.2
+    test_patients: tuple[str, ...] = ()
+    test_seed: int = 0
+    nsd_tolerance_mm: float = 2.0
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Trainer class and schedule of one kind of iteration (first, or fine-tuning)."""
+
+    trainer: str
+    epochs: int | None = None
+    initial_lr: float | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +59,14 @@ class NnunetSettings:
     preprocess_processes: int
     train_mem_mb: int
     train_runtime: int
+    first_iteration: Schedule | None = None
+    fine_tuning: Schedule | None = None
+    plans_overrides: Mapping[str, Any] | None = None
+
+    def schedule(self, first: bool) -> Schedule:
+        """The trainer settings of the first iteration (``first``) or of fine-tuning ones."""
+        chosen = self.first_iteration if first else self.fine_tuning
+        return chosen or Schedule(self.trainer)
 
 
 @dataclass(frozen=True)
@@ -52,6 +77,8 @@ class Settings:
     inbox: str
     datasets: Mapping[str, DatasetSettings]
     nnunet: NnunetSettings
+    max_dice_drop: float | None = 0.02
+    raw: Mapping[str, Any] | None = None  # the validated config with defaults, for the manifest
 
 
 def _validator(schema: dict[str, Any]) -> Any:
@@ -98,6 +125,12 @@ def load_settings(config: dict[str, Any], config_dir: Path = Path("config")) -> 
     """Validate a snakemake ``config`` dict and return typed settings."""
     validate_config(config)
     nn = config["nnunet"]
+    for name, ds in config["datasets"].items():
+        if ds["missing_roi"] == "ignore" and ds["mask_saving_strategy"] == "region_mask":
+            raise ConfigError(
+                f"config key datasets.{name}: missing_roi ignore needs mask_saving_strategy sparse_mask or "
+                "label_image (nnU-Net's ignore label is a label value, not a region); choose drop or error."
+            )
     datasets = {
         name: DatasetSettings(
             name=name,
@@ -106,6 +139,12 @@ def load_settings(config: dict[str, Any], config_dir: Path = Path("config")) -> 
             modality=ds["modality"],
             mask_saving_strategy=ds["mask_saving_strategy"],
             allow_unrefined_predictions=bool(ds["allow_unrefined_predictions"]),
+            missing_roi=ds["missing_roi"],
+            duplicate_annotations=ds["duplicate_annotations"],
+            test_fraction=float(ds["test_set"]["fraction"]),
+            test_patients=tuple(ds["test_set"]["patients"]),
+            test_seed=int(ds["test_set"]["seed"]),
+            nsd_tolerance_mm=float(ds["test_set"]["nsd_tolerance_mm"]),
         )
         for name, ds in config["datasets"].items()
     }
@@ -123,5 +162,19 @@ def load_settings(config: dict[str, Any], config_dir: Path = Path("config")) -> 
             preprocess_processes=int(nn["preprocess_processes"]),
             train_mem_mb=int(nn["train_mem_mb"]),
             train_runtime=int(nn["train_runtime"]),
+            first_iteration=_schedule(nn["first_iteration"], nn["trainer"]),
+            fine_tuning=_schedule(nn["fine_tuning"], nn["trainer"]),
+            plans_overrides=dict(nn["plans_overrides"]),
         ),
+        max_dice_drop=config["promotion"]["max_dice_drop"],
+        raw=json.loads(json.dumps(config, default=str)),
     )
+
+
+def _schedule(data: Mapping[str, Any], default_trainer: str) -> Schedule:
+    return Schedule(data.get("trainer", default_trainer), data.get("epochs"), data.get("initial_lr"))
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """sha256 of the validated config (defaults filled), key order ignored."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()

@@ -1,9 +1,10 @@
-"""Snapshot -> NIfTI cases with med-imagetools, loudly, then cases -> nnU-Net raw dataset.
+"""Snapshot -> NIfTI cases with med-imagetools, loudly and incrementally.
 
 med-imagetools takes one mask modality per run, exits 0 when cases fail, names datasets after
-the input folder and caches its crawl next to the input. We run it once per annotation kind
-present in the snapshot, into our own folders, and check every outcome against what a header
-scan of the snapshot says must come out.
+the input folder, caches its crawl next to the input and drops a case lacking any ROI. We
+choose the annotations ourselves (``iterseg.annotations``), convert only image/annotation pairs
+whose content was not converted before, run it once per annotation kind and set of drawn
+ROIs, and check every outcome against what a header scan of the snapshot says must come out.
 """
 
 from __future__ import annotations
@@ -15,86 +16,60 @@ import os
 import re
 import shutil
 from collections import defaultdict
-from dataclasses import asdict, dataclass
-from enum import StrEnum
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
-from pydicom.errors import InvalidDicomError
 
+from iterseg.annotations import (
+    AnnotationKind,
+    DuplicateRule,
+    Selection,
+    SeriesInfo,
+    content_hash,
+    present_labels,
+    select_annotations,
+)
 from iterseg.convert_check import RTSTRUCT_TOLERANCE, RoiCheck, check_case
 from iterseg.errors import ConversionError, SnapshotError
 from iterseg.roi import label_values, load_roi_yaml
-from iterseg.seg_export import ALGORITHM_NAME, SEG_MANUFACTURER
 
 logger = logging.getLogger(__name__)
 
 CASES_FILE = "cases.json"
 CHECK_FILE = "check.json"
 EXCLUDED_FILE = "excluded.json"
-
-
-class AnnotationKind(StrEnum):
-    """DICOM modalities that carry annotations."""
-
-    SEG = "SEG"
-    RTSTRUCT = "RTSTRUCT"
-
-
-@dataclass(frozen=True)
-class SeriesInfo:
-    """What a header scan learns of one series."""
-
-    series_uid: str
-    modality: str
-    patient_id: str
-    folder: Path
-    referenced_series: str | None  # for annotations: the image series they annotate
-    files: tuple[Path, ...]
-    unrefined_prediction: bool = False  # a SEG exported by iterseg and not edited since
-
-
-@dataclass(frozen=True)
-class ExcludedAnnotation:
-    """An annotation left out of training, and why."""
-
-    patient_id: str
-    files: tuple[str, ...]
-    reason: str
-
-
-def is_unrefined_prediction(ds: pydicom.Dataset) -> bool:
-    """True for a SEG that iterseg exported and nobody has saved since.
-
-    Editors (3D Slicer via dcmqi, OHIF) write a new SEG with their own Manufacturer; ours carries
-    Manufacturer ``iterseg`` and only AUTOMATIC segments from our algorithm.
-    """
-    if ds.Modality != AnnotationKind.SEG.value or str(getattr(ds, "Manufacturer", "")) != SEG_MANUFACTURER:
-        return False
-
-    def ours(segment: pydicom.Dataset) -> bool:
-        algorithms = getattr(segment, "SegmentationAlgorithmIdentificationSequence", [])
-        automatic = str(getattr(segment, "SegmentAlgorithmType", "")) == "AUTOMATIC"
-        return automatic and any(str(a.AlgorithmName) == ALGORITHM_NAME for a in algorithms)
-
-    segments = getattr(ds, "SegmentSequence", [])
-    return bool(segments) and all(ours(s) for s in segments)
+# Part of every reuse key: bump when a change here alters what conversion writes.
+CONVERTER_VERSION = "2"
 
 
 @dataclass(frozen=True)
 class ConvertedCase:
-    """One annotated image series of one snapshot, converted to NIfTI."""
+    """One annotated image series of one snapshot, converted to NIfTI (or reused)."""
 
     case_id: str
     patient_id: str
+    study_uid: str
     image_series_uid: str
     annotation_kind: str
     annotation_series_uid: str
     snapshot: str
     image: str  # relative to the converted folder
     label: str
+    image_hash: str = ""
+    annotation_hash: str = ""
+    image_files: list[str] = field(default_factory=list)
+    image_sop_uids: list[str] = field(default_factory=list)
+    annotation_files: list[str] = field(default_factory=list)
+    annotation_sop_uids: list[str] = field(default_factory=list)
+    annotation_datetime: str = ""
+    selection: str = ""  # why this annotation was chosen within its snapshot
+    labels_present: list[str] = field(default_factory=list)
+    missing_rois: list[str] = field(default_factory=list)
+    key: str = ""  # content of image + annotation + conversion settings
+    conversion: str = "converted"  # or "reused"
+    reused_from: str | None = None  # snapshot date whose NIfTI was reused
 
 
 def case_id(patient_id: str, image_series_uid: str) -> str:
@@ -107,136 +82,37 @@ def case_id(patient_id: str, image_series_uid: str) -> str:
     return f"{safe}_{hashlib.sha1(image_series_uid.encode()).hexdigest()[:8]}"
 
 
-def _referenced_series(ds: pydicom.Dataset) -> str | None:
-    if ds.Modality == AnnotationKind.SEG.value:
-        refs = getattr(ds, "ReferencedSeriesSequence", None)
-        return str(refs[0].SeriesInstanceUID) if refs else None
-    if ds.Modality == AnnotationKind.RTSTRUCT.value:
-        for frame in getattr(ds, "ReferencedFrameOfReferenceSequence", []):
-            for study in getattr(frame, "RTReferencedStudySequence", []):
-                for series in getattr(study, "RTReferencedSeriesSequence", []):
-                    return str(series.SeriesInstanceUID)
-    return None
+def reuse_key(image_hash: str, annotation_hash: str, roi_yaml: Path, modality: str, strategy: str) -> str:
+    """What a converted pair depends on; equal keys give equal NIfTI files."""
+    parts = [image_hash, annotation_hash, hashlib.sha256(roi_yaml.read_bytes()).hexdigest()]
+    parts += [modality, strategy, CONVERTER_VERSION]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def scan_series(folder: Path) -> list[SeriesInfo]:
-    """Group the DICOM files under ``folder`` by series, reading headers only.
-
-    Non-DICOM files are ignored (researchers' notes, OS metadata files).
-    """
-    files: dict[str, list[Path]] = defaultdict(list)
-    headers: dict[str, pydicom.Dataset] = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError):
-            logger.debug("skipping non-DICOM file %s", path)
-            continue
-        uid = str(getattr(ds, "SeriesInstanceUID", ""))
-        if not uid or "Modality" not in ds:
-            logger.debug("skipping DICOM without series/modality %s", path)
-            continue
-        files[uid].append(path)
-        headers.setdefault(uid, ds)
-    series = []
-    for uid, paths in files.items():
-        header = headers[uid]
-        series.append(
-            SeriesInfo(
-                series_uid=uid,
-                modality=str(header.Modality),
-                patient_id=str(getattr(header, "PatientID", "")),
-                folder=paths[0].parent,
-                referenced_series=_referenced_series(header),
-                files=tuple(paths),
-                unrefined_prediction=is_unrefined_prediction(header),
-            )
-        )
-    return series
+def _staged_path(file: Path, snapshot: Path, image: SeriesInfo) -> Path:
+    try:
+        return file.resolve().relative_to(snapshot.resolve())
+    except ValueError:  # an image series of an earlier snapshot, annotated anew here
+        return Path(image.patient_id or "anon") / f"earlier-{image.series_uid[-12:]}" / file.name
 
 
-def expected_cases(
-    snapshot: Path, modality: str, allow_unrefined: bool = False
-) -> tuple[dict[str, tuple[SeriesInfo, SeriesInfo]], list[ExcludedAnnotation]]:
-    """Image series that must come out of the conversion, with their single annotation.
-
-    Our own predictions, dropped back unedited, are not human annotations: they are left out
-    (and returned as excluded) unless ``allow_unrefined``.
-
-    Raises
-    ------
-    SnapshotError
-        When the snapshot holds no annotation, an annotation points at an image series that
-        is not in the snapshot, or one image series has several annotations (med-imagetools
-        would silently keep the first).
-
-    """
-    series = scan_series(snapshot)
-    images = {s.series_uid: s for s in series if s.modality == modality}
-    annotations = [s for s in series if s.modality in {k.value for k in AnnotationKind}]
-    if not annotations:
-        raise SnapshotError(
-            f"{snapshot}: no SEG or RTSTRUCT found. A snapshot holds annotated cases; put "
-            "unannotated images in the dataset's inbox folder instead."
-        )
-    excluded = []
-    if not allow_unrefined:
-        for ann in (a for a in annotations if a.unrefined_prediction):
-            excluded.append(
-                ExcludedAnnotation(
-                    ann.patient_id,
-                    tuple(str(f) for f in ann.files),
-                    "unrefined iterseg prediction (Manufacturer iterseg, AUTOMATIC segments); edit it "
-                    "in a viewer and save, or set datasets.<name>.allow_unrefined_predictions",
-                )
-            )
-            logger.warning("%s: %s", ann.files[0], excluded[-1].reason)
-        annotations = [a for a in annotations if not a.unrefined_prediction]
-        if not annotations:
-            raise SnapshotError(
-                f"{snapshot}: every annotation is an unrefined iterseg prediction "
-                f"({', '.join(e.files[0] for e in excluded)}); refine them in a viewer before "
-                "dropping them into a snapshot."
-            )
-    by_image: dict[str, list[SeriesInfo]] = defaultdict(list)
-    for ann in annotations:
-        if ann.referenced_series not in images:
-            raise SnapshotError(
-                f"{ann.folder}: {ann.modality} (patient {ann.patient_id}) references image series "
-                f"{ann.referenced_series}, which is not a {modality} series in snapshot {snapshot.name}. "
-                "Add that series to the snapshot or remove the annotation."
-            )
-        by_image[ann.referenced_series].append(ann)
-    for uid, anns in by_image.items():
-        if len(anns) > 1:
-            where = ", ".join(str(f) for a in anns for f in a.files)
-            raise SnapshotError(
-                f"{snapshot.name}: image series {uid} (patient {images[uid].patient_id}) has "
-                f"{len(anns)} annotations ({where}). Keep exactly one per image series in a snapshot; "
-                "put refined versions into a later snapshot."
-            )
-    unannotated = [s for uid, s in images.items() if uid not in by_image]
-    for image in unannotated:
-        logger.warning(
-            "%s: %s series of patient %s has no annotation in this snapshot; it is not used for training",
-            image.folder,
-            modality,
-            image.patient_id,
-        )
-    return {uid: (images[uid], anns[0]) for uid, anns in by_image.items()}, excluded
-
-
-def stage_snapshot(snapshot: Path, expected: dict[str, tuple[SeriesInfo, SeriesInfo]], staged: Path) -> Path:
-    """A view of the snapshot holding only the selected image series and annotations (symlinks).
+def stage_selection(snapshot: Path, selections: list[Selection], staged: Path) -> Path:
+    """A view holding only the selected image series and annotations (symlinks).
 
     med-imagetools converts whatever it crawls and keeps the first of several annotations, so
-    the choice of what to convert is made here, not left to it.
+    the choice of what to convert is made before it runs.
     """
     if staged.exists():
         shutil.rmtree(staged)
-    for image, annotation in expected.values():
-        for file in (*image.files, *annotation.files):
-            target = staged / file.relative_to(snapshot)
+    staged.mkdir(parents=True)
+    for sel in selections:
+        for file in (*sel.image.files, *sel.annotation.files):
+            if not file.is_file():
+                raise SnapshotError(
+                    f"{file}: recorded in an earlier conversion but missing now; snapshots are "
+                    "read-only once converted — restore the file."
+                )
+            target = staged / _staged_path(file, snapshot, sel.image)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(file.resolve(), target)
     return staged
@@ -295,6 +171,150 @@ def _check_label_numbering(imgtools_out: Path, expected: dict[str, int], problem
             problems.append(f"{dataset_json}: med-imagetools numbered labels {labels}, expected {expected}")
 
 
+def _remap(label_file: Path, present: list[str], roi_labels: dict[str, list[str]], strategy: str) -> None:
+    """A run restricted to the drawn ROIs numbers them 1..k; give them their ROI YAML values."""
+    import SimpleITK as sitk
+
+    full = label_values(roi_labels)
+    if present == list(roi_labels):
+        return
+    image = sitk.ReadImage(str(label_file))
+    array = sitk.GetArrayFromImage(image)
+    out = np.zeros_like(array)
+    for index, name in enumerate(present, start=1):
+        if strategy == "region_mask":
+            out |= ((array >> (index - 1)) & 1).astype(array.dtype) << (full[name] - 1)
+        else:
+            out[array == index] = full[name]
+    remapped = sitk.GetImageFromArray(out)
+    remapped.CopyInformation(image)
+    sitk.WriteImage(remapped, str(label_file), useCompression=True)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A selected pair to convert, with what the record needs."""
+
+    selection: Selection
+    present: tuple[str, ...]
+    image_hash: str
+    annotation_hash: str
+    key: str
+
+
+def _record(
+    pending: _Pending, out: Path, date: str, roi_labels: dict[str, list[str]], **extra: Any
+) -> ConvertedCase:
+    image, ann = pending.selection.image, pending.selection.annotation
+    cid = case_id(image.patient_id, image.series_uid)
+    return ConvertedCase(
+        case_id=cid,
+        patient_id=image.patient_id,
+        study_uid=image.study_uid,
+        image_series_uid=image.series_uid,
+        annotation_kind=ann.modality,
+        annotation_series_uid=ann.series_uid,
+        snapshot=date,
+        image=f"cases/{cid}_0000.nii.gz",
+        label=f"cases/{cid}.nii.gz",
+        image_hash=pending.image_hash,
+        annotation_hash=pending.annotation_hash,
+        image_files=[str(f) for f in image.files],
+        image_sop_uids=list(image.sop_uids),
+        annotation_files=[str(f) for f in ann.files],
+        annotation_sop_uids=list(ann.sop_uids),
+        annotation_datetime=ann.series_datetime,
+        selection=pending.selection.reason,
+        labels_present=list(pending.present),
+        missing_rois=[label for label in roi_labels if label not in pending.present],
+        key=pending.key,
+        **extra,
+    )
+
+
+def _earlier_index(
+    reuse_from: list[Path],
+) -> tuple[dict[str, tuple[Path, ConvertedCase]], dict[str, SeriesInfo]]:
+    """Converted pairs of earlier snapshots by reuse key, and their image series by UID."""
+    by_key: dict[str, tuple[Path, ConvertedCase]] = {}
+    images: dict[str, SeriesInfo] = {}
+    for folder in reuse_from:
+        for case in read_cases(folder):
+            if case.key:
+                by_key.setdefault(case.key, (folder, case))
+            if case.image_files:
+                files = tuple(Path(f) for f in case.image_files)
+                images[case.image_series_uid] = SeriesInfo(
+                    series_uid=case.image_series_uid,
+                    study_uid=case.study_uid,
+                    modality="",
+                    patient_id=case.patient_id,
+                    folder=files[0].parent,
+                    referenced_series=None,
+                    files=files,
+                    sop_uids=tuple(case.image_sop_uids),
+                    series_datetime="",
+                )
+    return by_key, images
+
+
+def _convert_group(
+    snapshot: Path,
+    out: Path,
+    run_name: str,
+    pendings: list[_Pending],
+    modality: str,
+    kind: AnnotationKind,
+    roi_labels: dict[str, list[str]],
+    strategy: str,
+    jobs: int,
+    problems: list[str],
+) -> list[_Pending]:
+    """One med-imagetools run over pairs of one annotation kind drawing the same ROIs."""
+    present = list(pendings[0].present)
+    subset = {name: roi_labels[name] for name in present}
+    staged = stage_selection(
+        snapshot, [p.selection for p in pendings], out / "staged" / run_name / snapshot.name
+    )
+    imgtools_out = out / "imgtools" / run_name
+    results = _run_imgtools(staged, imgtools_out, modality, kind, subset, strategy, jobs)
+    _check_label_numbering(imgtools_out, label_values(subset), problems)
+    by_uid = {p.selection.image.series_uid: p for p in pendings}
+    done: list[_Pending] = []
+    for result in results:
+        if not result.success:
+            problems.append(_failure_message(result))
+            continue
+        image_uid = {s.Modality: str(s.SeriesInstanceUID) for s in result.sample}.get(modality)
+        if image_uid not in by_uid:
+            problems.append(f"med-imagetools produced an unexpected sample {result.to_dict()}")
+            continue
+        pending = by_uid[image_uid]
+        image_files = [Path(f) for f in result.output_files if Path(f).parent.name.startswith("images")]
+        label_files = [Path(f) for f in result.output_files if Path(f).parent.name.startswith("labels")]
+        if len(image_files) != 1 or len(label_files) != 1:
+            problems.append(
+                f"patient {pending.selection.image.patient_id}: expected one image and one label file, "
+                f"med-imagetools wrote {[str(f) for f in result.output_files]}"
+            )
+            continue
+        cid = case_id(pending.selection.image.patient_id, image_uid)
+        os.replace(image_files[0], out / "cases" / f"{cid}_0000.nii.gz")
+        os.replace(label_files[0], out / "cases" / f"{cid}.nii.gz")
+        _remap(out / "cases" / f"{cid}.nii.gz", present, roi_labels, strategy)
+        done.append(pending)
+    failed = {str(s.SeriesInstanceUID) for r in results if not r.success for s in r.sample}
+    produced = {p.selection.image.series_uid for p in done}
+    for uid, pending in by_uid.items():
+        if uid not in produced and uid not in failed:
+            sel = pending.selection
+            problems.append(
+                f"patient {sel.image.patient_id} ({sel.annotation.folder}): med-imagetools skipped this "
+                f"{kind.value} without an error; check that it references {sel.image.folder}"
+            )
+    return done
+
+
 def convert_snapshot(
     snapshot: Path,
     out: Path,
@@ -303,6 +323,8 @@ def convert_snapshot(
     mask_saving_strategy: str = "sparse_mask",
     jobs: int = 1,
     allow_unrefined: bool = False,
+    duplicates: DuplicateRule = DuplicateRule.ERROR,
+    reuse_from: list[Path] | None = None,
 ) -> list[ConvertedCase]:
     """Convert every annotated case of a snapshot to NIfTI image/label pairs.
 
@@ -311,7 +333,7 @@ def convert_snapshot(
     snapshot
         ``rawdata/<dataset>/<date>__<dataset>``; only read.
     out
-        The iteration's ``converted`` folder; replaced.
+        The snapshot's ``converted`` folder; replaced.
     roi_yaml
         Label -> regexes, in label order.
     modality
@@ -322,11 +344,19 @@ def convert_snapshot(
         Parallel workers for med-imagetools.
     allow_unrefined
         Train on our own predictions dropped back unedited (excluded and reported by default).
+    duplicates
+        Rule for several annotations of one image series in the snapshot.
+    reuse_from
+        ``converted`` folders of earlier snapshots: a pair whose files, ROI YAML and settings are
+        unchanged is linked from there instead of converted again; their image series may be
+        annotated anew here without being repeated in this snapshot.
 
     Returns
     -------
     list[ConvertedCase]
-        Also written to ``out/cases.json``; excluded annotations to ``out/excluded.json``.
+        Also written to ``out/cases.json``; left-out annotations to ``out/excluded.json``.
+        A case drawing only some ROIs of the YAML is kept, its ``missing_rois`` listed (the
+        assembly applies the dataset's ``missing_roi`` policy).
 
     Raises
     ------
@@ -335,85 +365,102 @@ def convert_snapshot(
 
     """
     roi_labels = load_roi_yaml(roi_yaml)
-    expected, excluded = expected_cases(snapshot, modality, allow_unrefined)
-    kinds = sorted({ann.modality for _, ann in expected.values()})
+    earlier, earlier_images = _earlier_index(reuse_from or [])
+    selected, excluded = select_annotations(snapshot, modality, allow_unrefined, duplicates, earlier_images)
     if out.exists():
         shutil.rmtree(out)
     (out / "cases").mkdir(parents=True)
-    (out / EXCLUDED_FILE).write_text(json.dumps([asdict(e) for e in excluded], indent=2))
-    staged = stage_snapshot(snapshot, expected, out / "staged" / snapshot.name)
     date = snapshot.name.split("__")[0]
     converted: list[ConvertedCase] = []
+    reused_checks: list[dict[str, Any]] = []
+    groups: dict[tuple[str, tuple[str, ...]], list[_Pending]] = defaultdict(list)
     problems: list[str] = []
-    for kind_name in kinds:
-        kind = AnnotationKind(kind_name)
-        logger.info("%s: converting %s + %s with med-imagetools", snapshot.name, modality, kind.value)
-        results = _run_imgtools(
-            staged,
-            out / "imgtools" / kind.value.lower(),
+    for sel in selected.values():
+        present = tuple(present_labels(sel.annotation, roi_labels))
+        if not present:
+            problems.append(
+                f"patient {sel.image.patient_id} ({sel.annotation.files[0]}): none of its ROIs "
+                f"({', '.join(sel.annotation.roi_names) or 'none'}) matches a label of {roi_yaml}"
+            )
+            continue
+        image_hash, ann_hash = content_hash(sel.image.files), content_hash(sel.annotation.files)
+        pending = _Pending(
+            sel,
+            present,
+            image_hash,
+            ann_hash,
+            reuse_key(image_hash, ann_hash, roi_yaml, modality, mask_saving_strategy),
+        )
+        hit = earlier.get(pending.key)
+        if hit is None:
+            groups[(sel.annotation.modality, present)].append(pending)
+            continue
+        folder, old = hit
+        record = _record(
+            pending, out, date, roi_labels, conversion="reused", reused_from=old.reused_from or old.snapshot
+        )
+        link_or_copy(folder / old.image, out / record.image)
+        link_or_copy(folder / old.label, out / record.label)
+        reused_checks += [
+            {**row, "reused_from": record.reused_from}
+            for row in json.loads((folder / CHECK_FILE).read_text())["rois"]
+            if row["case_id"] == old.case_id
+        ]
+        converted.append(record)
+        logger.info("patient %s: unchanged since %s, NIfTI reused", sel.image.patient_id, record.reused_from)
+    (out / EXCLUDED_FILE).write_text(json.dumps([asdict(e) for e in excluded], indent=2))
+    new: list[ConvertedCase] = []
+    for number, ((kind_name, present), pendings) in enumerate(sorted(groups.items())):
+        run_name = f"{kind_name.lower()}-{number}"
+        logger.info(
+            "%s: converting %d %s + %s pair(s) drawing %s with med-imagetools",
+            snapshot.name,
+            len(pendings),
             modality,
-            kind,
+            kind_name,
+            ", ".join(present),
+        )
+        done = _convert_group(
+            snapshot,
+            out,
+            run_name,
+            pendings,
+            modality,
+            AnnotationKind(kind_name),
             roi_labels,
             mask_saving_strategy,
             jobs,
+            problems,
         )
-        _check_label_numbering(out / "imgtools" / kind.value.lower(), label_values(roi_labels), problems)
-        produced: set[str] = set()
-        for result in results:
-            if not result.success:
-                problems.append(_failure_message(result))
-                continue
-            by_modality = {s.Modality: str(s.SeriesInstanceUID) for s in result.sample}
-            image_uid = by_modality.get(modality)
-            ann_uid = by_modality.get(kind.value)
-            if image_uid not in expected or ann_uid is None:
-                problems.append(f"med-imagetools produced an unexpected sample {result.to_dict()}")
-                continue
-            image_files = [Path(f) for f in result.output_files if Path(f).parent.name.startswith("images")]
-            label_files = [Path(f) for f in result.output_files if Path(f).parent.name.startswith("labels")]
-            if len(image_files) != 1 or len(label_files) != 1:
-                problems.append(
-                    f"patient {expected[image_uid][0].patient_id}: expected one image and one label file, "
-                    f"med-imagetools wrote {[str(f) for f in result.output_files]}"
-                )
-                continue
-            image_info = expected[image_uid][0]
-            cid = case_id(image_info.patient_id, image_uid)
-            image_dst = out / "cases" / f"{cid}_0000.nii.gz"
-            label_dst = out / "cases" / f"{cid}.nii.gz"
-            os.replace(image_files[0], image_dst)
-            os.replace(label_files[0], label_dst)
-            produced.add(image_uid)
-            converted.append(
-                ConvertedCase(
-                    case_id=cid,
-                    patient_id=image_info.patient_id,
-                    image_series_uid=image_uid,
-                    annotation_kind=kind.value,
-                    annotation_series_uid=ann_uid,
-                    snapshot=date,
-                    image=str(image_dst.relative_to(out)),
-                    label=str(label_dst.relative_to(out)),
-                )
-            )
-        failed_here = {str(s.SeriesInstanceUID) for r in results if not r.success for s in r.sample}
-        for uid, (image, ann) in expected.items():
-            if ann.modality == kind.value and uid not in produced and uid not in failed_here:
-                problems.append(
-                    f"patient {image.patient_id} ({ann.folder}): med-imagetools skipped this "
-                    f"{kind.value} without an error; check that it references {image.folder}"
-                )
+        new += [_record(p, out, date, roi_labels) for p in done]
     if problems:
         raise ConversionError(
             f"{snapshot}: {len(problems)} case(s) could not be converted:\n  "
             + "\n  ".join(problems)
             + "\nFix the annotation (e.g. ROI names matching "
-            f"{roi_yaml}, every label present) or move the case out of the snapshot; rawdata was not changed."
+            f"{roi_yaml}) or move the case out of the snapshot; rawdata was not changed."
         )
-    converted.sort(key=lambda c: c.case_id)
-    verify_conversion(snapshot, out, converted, expected, roi_labels, mask_saving_strategy)
+    verify_conversion(
+        snapshot,
+        out,
+        sorted(new, key=lambda c: c.case_id),
+        selected,
+        roi_labels,
+        mask_saving_strategy,
+        reused_checks,
+    )
+    converted = sorted(converted + new, key=lambda c: c.case_id)
     (out / CASES_FILE).write_text(json.dumps([asdict(c) for c in converted], indent=2))
-    logger.info("%s: %d case(s) converted (%s)", snapshot.name, len(converted), ", ".join(kinds))
+    partial = [c for c in converted if c.missing_rois]
+    logger.info(
+        "%s: %d case(s): %d converted, %d reused unchanged; %d lack some ROI (%s)",
+        snapshot.name,
+        len(converted),
+        len(new),
+        len(converted) - len(new),
+        len(partial),
+        ", ".join(f"{c.patient_id}: {'+'.join(c.missing_rois)}" for c in partial) or "none",
+    )
     return converted
 
 
@@ -421,11 +468,14 @@ def verify_conversion(
     snapshot: Path,
     out: Path,
     converted: list[ConvertedCase],
-    expected: dict[str, tuple[SeriesInfo, SeriesInfo]],
+    expected: dict[str, Selection],
     roi_labels: dict[str, list[str]],
     strategy: str,
+    reused: list[dict[str, Any]] | None = None,
 ) -> list[RoiCheck]:
-    """Re-derive every converted label map from its annotation; write ``out/check.json``.
+    """Re-derive every newly converted label map from its annotation; write ``out/check.json``.
+
+    Rows of reused cases (checked when first converted) are carried over into the report.
 
     Raises
     ------
@@ -438,7 +488,7 @@ def verify_conversion(
     checks: list[RoiCheck] = []
     voxels = 0
     for case in tqdm(converted, desc="conversion check", unit="case", disable=None):
-        image, annotation = expected[case.image_series_uid]
+        image, annotation = expected[case.image_series_uid].image, expected[case.image_series_uid].annotation
         checks += check_case(
             case.case_id,
             case.patient_id,
@@ -458,7 +508,8 @@ def verify_conversion(
         "voxels_compared": voxels,
         "mismatches": len(bad),
         "rtstruct_tolerance": RTSTRUCT_TOLERANCE,
-        "rois": [{**asdict(c), "ok": c.ok} for c in checks],
+        "reused_cases": len({r["case_id"] for r in reused or []}),
+        "rois": [{**asdict(c), "ok": c.ok} for c in checks] + list(reused or []),
     }
     (out / CHECK_FILE).write_text(json.dumps(report, indent=2))
     logger.info(
@@ -500,65 +551,9 @@ def read_cases(converted_dir: Path) -> list[ConvertedCase]:
     return [ConvertedCase(**c) for c in json.loads((converted_dir / CASES_FILE).read_text())]
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` (same file system), else copy it."""
     try:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
-
-
-def assemble_dataset(
-    converted_dirs: list[Path],
-    raw_dataset: Path,
-    roi_yaml: Path,
-    modality: str,
-) -> list[ConvertedCase]:
-    """Build the nnU-Net raw dataset of one iteration from converted snapshots.
-
-    Parameters
-    ----------
-    converted_dirs
-        ``converted`` folders in date order; for a case present in several, the newest
-        snapshot's annotation wins.
-    raw_dataset
-        ``nnUNet_raw/DatasetNNN_<name>``; replaced.
-    roi_yaml
-        Defines the labels of dataset.json.
-    modality
-        Channel name (CT or MR).
-
-    """
-    labels = label_values(load_roi_yaml(roi_yaml))
-    chosen: dict[str, tuple[Path, ConvertedCase]] = {}
-    for folder in converted_dirs:
-        for case in read_cases(folder):
-            if case.case_id in chosen:
-                logger.info(
-                    "case %s: annotation of snapshot %s replaces that of %s",
-                    case.case_id,
-                    case.snapshot,
-                    chosen[case.case_id][1].snapshot,
-                )
-            chosen[case.case_id] = (folder, case)
-    if raw_dataset.exists():
-        shutil.rmtree(raw_dataset)
-    (raw_dataset / "imagesTr").mkdir(parents=True)
-    (raw_dataset / "labelsTr").mkdir()
-    for cid, (folder, case) in sorted(chosen.items()):
-        _link_or_copy(folder / case.image, raw_dataset / "imagesTr" / f"{cid}_0000.nii.gz")
-        _link_or_copy(folder / case.label, raw_dataset / "labelsTr" / f"{cid}.nii.gz")
-    dataset_json = {
-        "channel_names": {"0": modality},
-        "labels": labels,
-        "numTraining": len(chosen),
-        "file_ending": ".nii.gz",
-        "name": raw_dataset.name,
-        "description": "assembled by iterseg from snapshots "
-        + ", ".join(sorted({c.snapshot for _, c in chosen.values()})),
-    }
-    (raw_dataset / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
-    (raw_dataset / CASES_FILE).write_text(
-        json.dumps([asdict(c) for _, c in sorted(chosen.values(), key=lambda x: x[1].case_id)], indent=2)
-    )
-    logger.info("%s: %d training case(s)", raw_dataset.name, len(chosen))
-    return [c for _, c in chosen.values()]

@@ -447,6 +447,7 @@ class DemoCase:
     annotation: str  # "SEG" (highdicom), "SEG-dcmqi" (as 3D Slicer writes), "RTSTRUCT", "" (inbox)
     tumour_scale: float = 1.0
     tag: str = "v1"
+    partial: bool = False  # the annotation draws the liver only (a partially labelled case)
 
 
 def demo_plan() -> dict[str, list[DemoCase]]:
@@ -462,7 +463,8 @@ def demo_plan() -> dict[str, list[DemoCase]]:
     ]
     # The second snapshot brings new patients and refined annotations of earlier ones; refined
     # annotations come back as SEGs saved by 3D Slicer (dcmqi), the way researchers edit ours.
-    second = [DemoCase(f"P{n:03d}", seed=n, annotation=kind(n)) for n in range(8, 12)]
+    # P011 comes with its liver drawn and its tumours not yet: a partially labelled case.
+    second = [DemoCase(f"P{n:03d}", seed=n, annotation=kind(n), partial=n == 11) for n in range(8, 12)]
     second += [DemoCase(f"P{n:03d}", seed=n, annotation="SEG-dcmqi", tag="v2") for n in rough]
     inbox = [DemoCase(f"P{n:03d}", seed=n, annotation="") for n in (101, 102, 103)]
     return {
@@ -499,6 +501,8 @@ def write_demo_dataset(root: Path) -> list[Path]:
             drawn = annotated(phantom, case.tumour_scale)
             if case.annotation == "SEG":
                 _, masks = phantom_arrays(drawn)
+                if case.partial:
+                    masks = {SegmentLabel.LIVER: masks[SegmentLabel.LIVER]}
                 write_seg(drawn, ct, patient_dir / "SEG" / "seg.dcm", masks, case.tag)
             elif case.annotation == "SEG-dcmqi":
                 _, masks = phantom_arrays(drawn)

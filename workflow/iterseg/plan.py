@@ -15,6 +15,7 @@ from typing import Any
 
 from iterseg.errors import PlanTransferError
 from iterseg.nnunet_env import configure_nnunet
+from iterseg.plans_override import PlansOverrides, apply_plans_overrides, count_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,9 @@ class PlanRecord:
     architecture: dict[str, Any]
     patch_size: list[int]
     spacing: list[float]
+    batch_size: int | None = None
+    overrides: dict[str, Any] | None = None  # applied to the first iteration's plans
+    parameters: int | None = None  # of the network nnU-Net builds from these plans
 
 
 def _dataset_id(name: str) -> int:
@@ -62,7 +66,12 @@ def _check_transferable(
             f"iteration's {source_json.get('channel_names')}; weights cannot transfer. Keep the dataset's "
             "modality unchanged, or start a new dataset."
         )
-    if source_json.get("labels") != target_json.get("labels"):
+
+    def outputs(dataset_json: dict[str, Any]) -> dict[str, Any]:
+        # nnU-Net's ignore label (partially labelled cases) is not an output of the network.
+        return {k: v for k, v in (dataset_json.get("labels") or {}).items() if k != "ignore"}
+
+    if outputs(source_json) != outputs(target_json):
         logger.warning(
             "%s: labels %s differ from the first iteration's %s; the segmentation head will be "
             "re-initialised by nnU-Net",
@@ -80,6 +89,7 @@ def plan_dataset(
     processes: int,
     source_work: Path | None = None,
     source_name: str | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> PlanRecord:
     """Fingerprint, plan (or transfer plans) and preprocess one iteration's dataset.
 
@@ -97,11 +107,16 @@ def plan_dataset(
         Worker processes for fingerprinting and preprocessing.
     source_work, source_name
         The first iteration's folder and dataset; when given, its plans are reused.
+    overrides
+        First iteration only: changes to the planned configuration (``nnunet.plans_overrides``),
+        validated and written into the plans before preprocessing.
 
     Raises
     ------
     PlanTransferError
         If the first iteration's plans are missing or incompatible with this dataset.
+    PlanOverrideError
+        If an override does not fit nnU-Net's plan (checked before anything is preprocessed).
 
     """
     configure_nnunet(work, threads=processes)
@@ -122,6 +137,13 @@ def plan_dataset(
     if source_work is None or source_name is None:
         plan_experiments([target_id])
         plans_source = None
+        spec = PlansOverrides.from_mapping(overrides)
+        if not spec.is_empty():
+            plans_file = _plans_file(work, dataset_name, plans)
+            planned = json.loads(plans_file.read_text())
+            changed = apply_plans_overrides(planned, configuration, spec, "config nnunet.plans_overrides")
+            plans_file.write_text(json.dumps(changed, indent=2))
+            logger.info("plans overrides %s written to %s", overrides, plans_file)
     else:
         source_plans_file = _plans_file(source_work, source_name, plans)
         if not source_plans_file.is_file():
@@ -153,6 +175,9 @@ def plan_dataset(
             f"(planned: {sorted(plan['configurations'])}); choose one of those in nnunet.configuration."
         )
     conf = plan["configurations"][configuration]
+    dataset_json = json.loads((target_pre / "dataset.json").read_text())
+    parameters = count_parameters(plan, configuration, dataset_json)
+    logger.info("%s %s: network of %d parameters", dataset_name, configuration, parameters)
     return PlanRecord(
         dataset_id=target_id,
         dataset_name=dataset_name,
@@ -162,6 +187,9 @@ def plan_dataset(
         architecture=conf["architecture"],
         patch_size=list(conf["patch_size"]),
         spacing=list(conf["spacing"]),
+        batch_size=conf.get("batch_size"),
+        overrides=overrides or None,
+        parameters=parameters,
     )
 
 

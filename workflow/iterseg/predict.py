@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from iterseg.assemble import IGNORE_LABEL
 from iterseg.dicom_series import ImageSeries, find_image_series, read_volume
 from iterseg.errors import PredictionError
 from iterseg.layout import model_dir
@@ -117,7 +118,10 @@ def predict_inbox(
     predictor.initialize_from_trained_model_folder(
         str(folder), use_folds=tuple(f if f == "all" else int(f) for f in folds)
     )
-    labels: dict[str, int] = predictor.dataset_json["labels"]
+    # "ignore" marks unlabelled training voxels (partial labels); the network never predicts it.
+    labels: dict[str, int] = {
+        name: value for name, value in predictor.dataset_json["labels"].items() if name != IGNORE_LABEL
+    }
     staging = out / ".predictions.partial"
     if staging.exists():
         shutil.rmtree(staging)

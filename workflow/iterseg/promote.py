@@ -7,8 +7,10 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from iterseg.errors import PromotionError
+from iterseg.manifest import MANIFEST_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +27,66 @@ def current_latest(results: Path) -> str | None:
 def finished_iterations(results: Path) -> list[str]:
     """Dates of the iterations whose summary exists (every fold and the predictions done), oldest first."""
     return sorted(p.parent.name for p in results.glob(f"*/{SUMMARY_FILE}") if p.parent.name != "latest")
+
+
+def _append_history(results: Path, entry: dict[str, Any]) -> None:
+    entry = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **entry}
+    with (results / HISTORY_FILE).open("a") as history:
+        history.write(json.dumps(entry) + "\n")
+
+
+def history(results: Path) -> list[dict[str, Any]]:
+    """Every recorded move of ``latest`` and gate decision, oldest first."""
+    path = results / HISTORY_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def recorded_decision(results: Path, iteration: str) -> dict[str, Any] | None:
+    """The gate decision taken when ``iteration`` first finished, if any.
+
+    A decision is taken once: re-running an iteration's last step (e.g. after a config edit)
+    neither re-gates it nor undoes a rollback.
+    """
+    for entry in reversed(history(results)):
+        if entry.get("iteration") == iteration and entry.get("action") in ("promote", "gated"):
+            return entry
+    return None
+
+
+def settle(results: Path, iteration: str, promote_it: bool, reason: str) -> dict[str, Any]:
+    """Apply a gate decision once and return the iteration's promotion record.
+
+    Parameters
+    ----------
+    results
+        ``results/<dataset>``.
+    iteration
+        The finished iteration (date folder).
+    promote_it, reason
+        The gate's verdict; ignored if the iteration was decided before.
+
+    """
+    recorded = recorded_decision(results, iteration)
+    if recorded is not None:
+        logger.info("%s: decided at %s (%s); not re-gated", iteration, recorded["time"], recorded["reason"])
+        return {
+            "promoted": recorded["action"] == "promote",
+            "reason": recorded["reason"],
+            "decided": recorded["time"],
+            "latest_before": recorded.get("from"),
+        }
+    before = current_latest(results)
+    if promote_it and promote(results, iteration, reason):
+        return {"promoted": True, "reason": reason, "latest_before": before}
+    if promote_it:
+        reason = f"passed the gate, but latest is already the newer {before}"
+    _append_history(
+        results, {"action": "gated", "iteration": iteration, "from": before, "to": before, "reason": reason}
+    )
+    logger.warning("%s not promoted: %s", iteration, reason)
+    return {"promoted": False, "reason": reason, "latest_before": before}
 
 
 def _repoint(results: Path, iteration: str, action: str, reason: str) -> str | None:
@@ -45,20 +107,14 @@ def _repoint(results: Path, iteration: str, action: str, reason: str) -> str | N
         tmp.unlink()
     os.symlink(iteration, tmp)  # relative, so the results folder can be moved or mounted elsewhere
     os.replace(tmp, link)
-    entry = {
-        "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "action": action,
-        "from": before,
-        "to": iteration,
-        "reason": reason,
-    }
-    with (results / HISTORY_FILE).open("a") as history:
-        history.write(json.dumps(entry) + "\n")
+    _append_history(
+        results, {"action": action, "iteration": iteration, "from": before, "to": iteration, "reason": reason}
+    )
     logger.info("latest -> %s (was %s): %s", iteration, before, reason)
     return before
 
 
-def promote(results: Path, iteration: str) -> bool:
+def promote(results: Path, iteration: str, reason: str = "every fold and the predictions finished") -> bool:
     """Point ``results/latest`` at ``results/<iteration>`` unless it already points at a newer one.
 
     Returns
@@ -76,7 +132,7 @@ def promote(results: Path, iteration: str) -> bool:
     if before is not None and before >= iteration and (results / before).is_dir():
         logger.info("latest stays on %s (not older than %s)", before, iteration)
         return before == iteration
-    _repoint(results, iteration, "promote", "every fold and the predictions finished")
+    _repoint(results, iteration, "promote", reason)
     return True
 
 
@@ -111,23 +167,62 @@ def rollback(results: Path, iteration: str | None = None, reason: str = "") -> s
     return iteration
 
 
+def _dice_cells(manifest: dict[str, Any], labels: list[str]) -> list[str]:
+    summary = (manifest.get("test_metrics") or {}).get("summary") or {}
+    cells = []
+    for label in labels:
+        value = (summary.get(label) or {}).get("dice_mean")
+        cells.append("-" if value is None else f"{value:.3f}")
+    return cells
+
+
 def status_table(results: Path) -> str:
-    """A plain-text table of the finished iterations of one dataset, oldest first."""
+    """A plain-text table of the finished iterations of one dataset, oldest first.
+
+    Columns: cases trained on and held out, annotations new or refined since the previous
+    iteration, pairs med-imagetools converted (the rest reused), test Dice per label, and
+    whether the iteration was promoted and why.
+    """
     current = current_latest(results)
-    rows = [("date", "nnU-Net dataset", "train cases", "folds", "predicted", "latest")]
+    manifests = {}
     for date in finished_iterations(results):
-        summary = json.loads((results / date / SUMMARY_FILE).read_text())
+        path = results / date / MANIFEST_FILE
+        manifests[date] = json.loads(path.read_text()) if path.is_file() else {}
+    labels: list[str] = []
+    for manifest in manifests.values():
+        for name in manifest.get("labels", {}):
+            if name not in ("background", "ignore") and name not in labels:
+                labels.append(name)
+    header = [
+        "date",
+        "train",
+        "test",
+        "new",
+        "refined",
+        "converted",
+        *[f"Dice {n}" for n in labels],
+        "promoted",
+    ]
+    rows = [header]
+    for date, manifest in manifests.items():
+        summary = manifest.get("summary", {})
+        promotion = manifest.get("promotion", {})
+        verdict = ("yes" if promotion.get("promoted") else "no") + f": {promotion.get('reason', '?')}"
+        if date == current:
+            verdict = "<- latest; " + verdict
         rows.append(
-            (
+            [
                 date,
-                summary.get("dataset_name", "?"),
-                str(summary.get("training_cases", "?")),
-                ",".join(str(f["fold"]) for f in summary.get("folds", [])),
-                str(len(summary.get("predictions", []))),
-                "<- latest" if date == current else "",
-            )
+                str(summary.get("train", "?")),
+                str(summary.get("test", "?")),
+                str(summary.get("new", "?")),
+                str(summary.get("refined", "?")),
+                f"{summary.get('converted', '?')}/{summary.get('converted', 0) + summary.get('reused', 0)}",
+                *_dice_cells(manifest, labels),
+                verdict,
+            ]
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
     )

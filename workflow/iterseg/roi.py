@@ -58,6 +58,17 @@ def load_roi_yaml(path: Path) -> dict[str, list[str]]:
     return labels
 
 
+def match_roi_name(name: str, labels: dict[str, list[str]]) -> str | None:
+    """The first label whose regexes match ROI/segment ``name`` in full, ignoring case, or None.
+
+    The same rule med-imagetools applies with ``roi_ignore_case``.
+    """
+    for label, patterns in labels.items():
+        if any(re.fullmatch(p, name, flags=re.IGNORECASE) for p in patterns):
+            return label
+    return None
+
+
 def label_values(labels: dict[str, list[str]]) -> dict[str, int]:
     """nnU-Net's ``labels`` mapping for dataset.json: background 0, then file order."""
     return {"background": 0, **{name: i for i, name in enumerate(labels, start=1)}}

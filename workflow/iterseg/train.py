@@ -48,6 +48,77 @@ def check_checkpoint_compatible(checkpoint: Path, plans_file: Path, configuratio
         )
 
 
+def check_trainer_settings(fold: str, epochs: int | None, initial_lr: float | None) -> None:
+    """Fail before nnU-Net starts when ``epochs`` or ``initial_lr`` cannot be trained with.
+
+    Raises
+    ------
+    TrainingError
+        When ``epochs`` is not an integer >= 1 or ``initial_lr`` is not in (0, 1).
+
+    """
+    problems = []
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        problems.append(f"epochs must be an integer >= 1, got {epochs!r}")
+    if initial_lr is not None and (
+        isinstance(initial_lr, bool) or not isinstance(initial_lr, int | float) or not 0 < initial_lr < 1
+    ):
+        problems.append(f"initial_lr must be a number between 0 and 1 (exclusive), got {initial_lr!r}")
+    if problems:
+        raise TrainingError(
+            f"fold {fold}: " + "; ".join(problems) + ". Fix the trainer settings of this iteration "
+            "in the config (or leave them out to keep the trainer's defaults)."
+        )
+
+
+def _run_training_with_settings(
+    dataset_name: str,
+    configuration: str,
+    fold: str,
+    trainer_name: str,
+    plans_identifier: str,
+    pretrained: Path | None,
+    device: Any,
+    *,
+    epochs: int | None,
+    initial_lr: float | None,
+) -> None:
+    """nnU-Net's ``run_training`` for one device, with ``num_epochs``/``initial_lr`` set on the trainer.
+
+    Mirrors ``nnunetv2.run.run_training.run_training`` (single device, no continue/validation-only):
+    the values are set right after the trainer is constructed, before ``initialize()`` (which
+    ``maybe_load_checkpoint`` calls to load pretrained weights) builds the optimizer and the
+    poly learning-rate schedule from them.
+    """
+    import torch
+    from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
+    from torch.backends import cudnn
+
+    try:
+        nnunet_fold: int | str = fold if fold == "all" else int(fold)
+    except ValueError as error:
+        raise TrainingError(f"fold {fold!r}: a fold is 0-4 or 'all'.") from error
+    nnunet_trainer = get_trainer_from_args(
+        dataset_name, configuration, nnunet_fold, trainer_name, plans_identifier, False, device=device
+    )
+    if epochs is not None:
+        nnunet_trainer.num_epochs = epochs
+    if initial_lr is not None:
+        nnunet_trainer.initial_lr = initial_lr
+    logger.info(
+        "fold %s: %d epochs, initial lr %g (overridden)",
+        fold,
+        nnunet_trainer.num_epochs,
+        nnunet_trainer.initial_lr,
+    )
+    maybe_load_checkpoint(nnunet_trainer, False, False, str(pretrained) if pretrained else None)
+    if torch.cuda.is_available():
+        cudnn.deterministic = False
+        cudnn.benchmark = True
+    nnunet_trainer.run_training()
+    nnunet_trainer.perform_actual_validation(False)
+
+
 def train_fold(
     work: Path,
     plan_record: Path,
@@ -56,6 +127,9 @@ def train_fold(
     device: str,
     threads: int,
     pretrained: Path | None = None,
+    *,
+    epochs: int | None = None,
+    initial_lr: float | None = None,
 ) -> Path:
     """Train ``fold`` of the iteration in ``work`` and return its ``checkpoint_final.pth``.
 
@@ -75,8 +149,19 @@ def train_fold(
         Data-augmentation workers.
     pretrained
         The previous iteration's ``checkpoint_final.pth`` of the same fold; None trains from scratch.
+    epochs
+        Number of epochs instead of the trainer's ``num_epochs``; None keeps the trainer's.
+    initial_lr
+        Initial learning rate instead of the trainer's ``initial_lr``; None keeps the trainer's.
+
+    Raises
+    ------
+    TrainingError
+        When ``epochs`` or ``initial_lr`` is out of range (before nnU-Net starts), or nnU-Net
+        finished without a final checkpoint.
 
     """
+    check_trainer_settings(fold, epochs, initial_lr)
     record = read_record(plan_record)
     configure_nnunet(work, threads=threads, device=device)
     import torch
@@ -97,15 +182,28 @@ def train_fold(
         )
     if device == "cpu":
         torch.set_num_threads(max(1, threads))
-    run_training(
-        record.dataset_name,
-        record.configuration,
-        fold,
-        trainer_class_name=trainer,
-        plans_identifier=record.plans,
-        pretrained_weights=str(pretrained) if pretrained else None,
-        device=torch.device(device),
-    )
+    if epochs is None and initial_lr is None:
+        run_training(
+            record.dataset_name,
+            record.configuration,
+            fold,
+            trainer_class_name=trainer,
+            plans_identifier=record.plans,
+            pretrained_weights=str(pretrained) if pretrained else None,
+            device=torch.device(device),
+        )
+    else:
+        _run_training_with_settings(
+            record.dataset_name,
+            record.configuration,
+            fold,
+            trainer,
+            record.plans,
+            pretrained,
+            torch.device(device),
+            epochs=epochs,
+            initial_lr=initial_lr,
+        )
     checkpoint = (
         model_dir(work, record.dataset_name, trainer, record.plans, record.configuration)
         / fold_dir_name(fold)

@@ -10,6 +10,8 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
+import json
+
 from iterseg.config import load_settings
 from iterseg.errors import IterSegError
 from iterseg.snapshots import discover_snapshots, nnunet_dataset_name
@@ -99,6 +101,87 @@ def unrefined_arg(wildcards):
     return "--allow-unrefined-predictions" if dataset_settings(wildcards).allow_unrefined_predictions else ""
 
 
+def duplicate_rule(wildcards):
+    return dataset_settings(wildcards).duplicate_annotations
+
+
+def missing_roi(wildcards):
+    return dataset_settings(wildcards).missing_roi
+
+
+def earlier_conversions(wildcards):
+    """Converted earlier snapshots: unchanged pairs are reused from there, not converted again."""
+    snap = _snapshot(wildcards)
+    return [
+        f"data/procdata/{s.dataset}/{s.folder_name}/converted/cases.json"
+        for s in SNAPSHOTS[wildcards.dataset][: snap.index]
+    ]
+
+
+def first_assembled(wildcards):
+    """Later iterations inherit the test set the first iteration chose."""
+    snap = _snapshot(wildcards)
+    if snap.index == 0:
+        return []
+    return f"data/procdata/{snap.dataset}/{_first(wildcards).folder_name}/assembled.json"
+
+
+def previous_assembled(wildcards):
+    prev = _previous(wildcards)
+    return [] if prev is None else f"data/procdata/{prev.dataset}/{prev.folder_name}/assembled.json"
+
+
+def test_set_args(wildcards, input):
+    if input.first:
+        return f"--test-set-from {shlex.quote(input.first)}"
+    ds = dataset_settings(wildcards)
+    patients = " ".join(shlex.quote(p) for p in ds.test_patients)
+    return f"--test-fraction {ds.test_fraction} --test-seed {ds.test_seed} --test-patients {patients}".rstrip()
+
+
+def previous_assembled_arg(wildcards, input):
+    return f"--previous {shlex.quote(input.previous)}" if input.previous else ""
+
+
+def plans_overrides_arg(wildcards):
+    """Overrides shape the first iteration's plans only; later iterations transfer them."""
+    if _snapshot(wildcards).index > 0 or not NN.plans_overrides:
+        return ""
+    return f"--overrides {shlex.quote(json.dumps(dict(NN.plans_overrides), sort_keys=True))}"
+
+
+def _schedule(wildcards):
+    return NN.schedule(first=_snapshot(wildcards).index == 0)
+
+
+def trainer(wildcards):
+    return _schedule(wildcards).trainer
+
+
+def schedule_args(wildcards):
+    sched = _schedule(wildcards)
+    args = []
+    if sched.epochs is not None:
+        args.append(f"--epochs {sched.epochs}")
+    if sched.initial_lr is not None:
+        args.append(f"--initial-lr {sched.initial_lr}")
+    return " ".join(args)
+
+
+def nsd_tolerance(wildcards):
+    return dataset_settings(wildcards).nsd_tolerance_mm
+
+
+def config_json(wildcards):
+    """The settings this dataset's iterations depend on (other datasets' entries left out)."""
+    raw = dict(SETTINGS.raw)
+    raw["datasets"] = {wildcards.dataset: raw["datasets"][wildcards.dataset]}
+    return json.dumps(raw, sort_keys=True)
+
+
+MAX_DICE_DROP = "none" if SETTINGS.max_dice_drop is None else str(SETTINGS.max_dice_drop)
+
+
 def nnunet_name(wildcards):
     snap = _snapshot(wildcards)
     return nnunet_dataset_name(snap.dataset, dataset_settings(wildcards).dataset_id, snap.index, snap.date)
@@ -162,3 +245,7 @@ def all_iterations(wildcards):
         for snaps in SNAPSHOTS.values()
         for snap in snaps
     ]
+
+
+def previous_iteration_arg(wildcards, input):
+    return f"--previous {shlex.quote(input.previous)}" if input.previous else ""

@@ -1,10 +1,12 @@
-"""Convert: a dated rawdata snapshot -> NIfTI cases (med-imagetools) -> the iteration's nnU-Net raw dataset."""
+"""Convert: a dated rawdata snapshot -> NIfTI cases (med-imagetools; pairs unchanged since an
+earlier snapshot are reused) -> the iteration's nnU-Net raw dataset with its frozen test set."""
 
 
 rule convert_snapshot:
     input:
         snapshot=snapshot_dir,
         roi=roi_yaml,
+        earlier=earlier_conversions,
     output:
         cases="data/procdata/{dataset}/{date}__{dataset}/converted/cases.json",
     log:
@@ -20,10 +22,12 @@ rule convert_snapshot:
         modality=modality,
         strategy=mask_saving_strategy,
         unrefined=unrefined_arg,
+        duplicates=duplicate_rule,
     shell:
         "iterseg convert --snapshot {input.snapshot:q} --out {params.out:q}"
         " --roi-yaml {input.roi:q} --modality {params.modality:q}"
         " --mask-saving-strategy {params.strategy:q} {params.unrefined}"
+        " --duplicate-annotations {params.duplicates:q} --reuse-from {input.earlier:q}"
         " --jobs {threads} > {log:q} 2>&1"
 
 
@@ -31,6 +35,8 @@ rule convert_assemble:
     input:
         converted=training_snapshots,
         roi=roi_yaml,
+        first=first_assembled,
+        previous=previous_assembled,
     output:
         record="data/procdata/{dataset}/{date}__{dataset}/assembled.json",
     log:
@@ -44,7 +50,11 @@ rule convert_assemble:
         name=nnunet_name,
         converted=converted_dirs,
         modality=modality,
+        missing_roi=missing_roi,
+        test_set=test_set_args,
+        previous=previous_assembled_arg,
     shell:
         "iterseg assemble --work {params.work:q} --dataset-name {params.name:q}"
         " --converted {params.converted:q} --roi-yaml {input.roi:q}"
-        " --modality {params.modality:q} --output {output.record:q} > {log:q} 2>&1"
+        " --modality {params.modality:q} --missing-roi {params.missing_roi:q}"
+        " {params.test_set} {params.previous} --output {output.record:q} > {log:q} 2>&1"

@@ -18,7 +18,7 @@ rule predict_inbox:
         gpu=TRAIN_GPUS,
     params:
         work=work_dir,
-        trainer=NN.trainer,
+        trainer=trainer,
         folds=NN.folds,
         device=NN.device,
         inbox=inbox_dir,

@@ -1,4 +1,5 @@
-"""Results: once every fold and the predictions exist, record the iteration and move `latest` to it."""
+"""Results: write the iteration's manifest, gate it (every fold finished, test Dice within the
+allowed drop of `latest`) and move `latest` to it if it passes."""
 
 
 rule results_promote:
@@ -7,6 +8,8 @@ rule results_promote:
         assembled="data/procdata/{dataset}/{date}__{dataset}/assembled.json",
         folds=fold_records,
         predictions="data/results/{dataset}/{date}/predictions.json",
+        metrics="data/results/{dataset}/{date}/test_metrics.json",
+        roi=roi_yaml,
         previous=previous_iteration,
     output:
         summary="data/results/{dataset}/{date}/iteration.json",
@@ -18,8 +21,13 @@ rule results_promote:
         runtime=5,
     params:
         results=dataset_results_dir,
+        config=config_json,
+        max_drop=MAX_DICE_DROP,
+        previous=previous_iteration_arg,
     shell:
         "iterseg promote --results {params.results:q} --iteration {wildcards.date:q}"
         " --plan-record {input.plan:q} --assembled {input.assembled:q}"
         " --fold-records {input.folds:q}"
-        " --predictions {input.predictions:q} --output {output.summary:q} > {log:q} 2>&1"
+        " --predictions {input.predictions:q} --test-metrics {input.metrics:q}"
+        " --roi-yaml {input.roi:q} --config-json {params.config:q} --max-dice-drop {params.max_drop:q}"
+        " {params.previous} --output {output.summary:q} > {log:q} 2>&1"

@@ -18,10 +18,11 @@ rule train_fold:
         gpu=TRAIN_GPUS,
     params:
         work=work_dir,
-        trainer=NN.trainer,
+        trainer=trainer,
+        schedule=schedule_args,
         device=NN.device,
         pretrained=pretrained_arg,
     shell:
         "iterseg train --work {params.work:q} --plan-record {input.plan:q}"
         " --trainer {params.trainer:q} --fold {wildcards.fold:q} --device {params.device:q}"
-        " --threads {threads} {params.pretrained} --output {output.record:q} > {log:q} 2>&1"
+        " --threads {threads} {params.pretrained} {params.schedule} --output {output.record:q} > {log:q} 2>&1"

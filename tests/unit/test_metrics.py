@@ -1,0 +1,162 @@
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from iterseg.evaluate import evaluate_test_set, write_json
+from iterseg.metrics import dice, score_case, summarise, surface_dice
+
+pytestmark = pytest.mark.unit
+
+
+def cube(shape: tuple[int, ...], start: tuple[int, ...], size: int) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    mask[tuple(slice(s, s + size) for s in start)] = True
+    return mask
+
+
+def test_identical_masks_score_one() -> None:
+    mask = cube((10, 10, 10), (2, 2, 2), 4)
+    assert dice(mask, mask) == 1.0
+    assert surface_dice(mask, mask, (1.0, 1.0, 1.0), 0.0) == 1.0
+
+
+def test_disjoint_masks_far_apart_score_zero() -> None:
+    ref = cube((30, 10, 10), (1, 2, 2), 4)
+    pred = cube((30, 10, 10), (20, 2, 2), 4)
+    assert dice(ref, pred) == 0.0
+    assert surface_dice(ref, pred, (1.0, 1.0, 1.0), 2.0) == 0.0
+
+
+def test_cube_shifted_by_one_voxel() -> None:
+    ref = cube((12, 12, 12), (3, 3, 3), 4)
+    pred = cube((12, 12, 12), (4, 3, 3), 4)
+    # 4x4x4 cubes overlapping in 3x4x4 = 48 voxels: Dice = 2*48 / (64+64) = 0.75.
+    assert dice(ref, pred) == pytest.approx(0.75)
+    # Every boundary voxel of one cube is within 1 voxel (1 mm) of the other's boundary.
+    assert surface_dice(ref, pred, (1.0, 1.0, 1.0), 1.0) == 1.0
+    # With tolerance 0 only voxels on both boundaries match. A 4x4x4 cube has 56 boundary voxels
+    # (64 minus its 2x2x2 core). Shared boundary voxels lie in the 3x4x4 overlap (z = 4..6) but not in
+    # the inner 2x2 of y/x on z = 4 (ref's core), z = 5 (both cores) or z = 6 (pred's core):
+    # 48 - 12 = 36. NSD = (36 + 36) / (56 + 56).
+    assert surface_dice(ref, pred, (1.0, 1.0, 1.0), 0.0) == pytest.approx(72 / 112)
+
+
+def test_anisotropic_spacing_tolerance_is_per_axis_in_mm() -> None:
+    ref = cube((16, 16, 16), (5, 5, 5), 4)
+    shifted_z = cube((16, 16, 16), (6, 5, 5), 4)
+    shifted_x = cube((16, 16, 16), (5, 5, 6), 4)
+    spacing = (0.5, 1.0, 3.0)  # (z, y, x) mm
+    # One voxel along z is 0.5 mm: within 1 mm, so every boundary voxel is matched.
+    assert surface_dice(ref, shifted_z, spacing, 1.0) == 1.0
+    # One voxel along x is 3 mm: the outer x-faces (16 voxels each: x = 5 of ref, x = 9 of the
+    # shifted cube) are >= 3 mm from the other surface. Every other boundary voxel is on both
+    # surfaces, or (the 2x2 face centres at x = 8 of ref / x = 6 of the shifted cube, inside the
+    # other's core) 0.5 mm along z from the other's z-face. NSD = (56 - 16 + 56 - 16) / 112.
+    assert surface_dice(ref, shifted_x, spacing, 1.0) == pytest.approx(80 / 112)
+    # Dice does not see spacing: both shifts give 2*48/128.
+    assert dice(ref, shifted_z) == dice(ref, shifted_x) == pytest.approx(0.75)
+    # A tolerance of exactly 3 mm includes the x shift.
+    assert surface_dice(ref, shifted_x, spacing, 3.0) == 1.0
+
+
+def test_empty_masks() -> None:
+    empty = np.zeros((6, 6, 6), dtype=bool)
+    full = cube((6, 6, 6), (1, 1, 1), 2)
+    assert math.isnan(dice(empty, empty))
+    assert math.isnan(surface_dice(empty, empty, (1.0, 1.0, 1.0), 1.0))
+    assert dice(empty, full) == 0.0
+    assert dice(full, empty) == 0.0
+    assert surface_dice(empty, full, (1.0, 1.0, 1.0), 1.0) == 0.0
+    assert surface_dice(full, empty, (1.0, 1.0, 1.0), 1.0) == 0.0
+
+
+def test_mask_touching_the_array_edge_has_a_surface_there() -> None:
+    # A 2-voxel slab filling the whole array: every voxel is on the array edge, so all are boundary.
+    ref = np.zeros((2, 3, 3), dtype=bool)
+    ref[:] = True
+    pred = ref.copy()
+    pred[1] = False  # one 3x3 layer: 9 boundary voxels, all also boundary of ref
+    # ref has 18 boundary voxels; 9 coincide with pred's, the other 9 are 1 mm away.
+    assert surface_dice(ref, pred, (1.0, 1.0, 1.0), 0.0) == pytest.approx((9 + 9) / (18 + 9))
+
+
+def test_shape_mismatch_and_bad_spacing_raise() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        dice(np.zeros((2, 2)), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="spacing"):
+        surface_dice(np.ones((2, 2), bool), np.ones((2, 2), bool), (1.0, 1.0, 1.0), 1.0)
+
+
+def test_score_case_per_label_and_skip_list() -> None:
+    ref = np.zeros((10, 10, 10), dtype=np.uint8)
+    pred = np.zeros_like(ref)
+    ref[1:3, 1:3, 1:3] = 1
+    pred[1:3, 1:3, 1:3] = 1  # identical
+    ref[6:8, 6:8, 6:8] = 2  # liver missed: Dice 0
+    pred[6:8, 6:8, 6:8] = 3  # predicted where "lung" was not annotated
+    labels = {"background": 0, "heart": 1, "liver": 2, "lung": 3, "ignore": 4}
+    scores = score_case(ref, pred, labels, (1.0, 1.0, 1.0), 1.0, skip=("lung",))
+    assert set(scores) == {"heart", "liver", "lung"}
+    assert scores["heart"] == {"dice": 1.0, "nsd": 1.0}
+    assert scores["liver"] == {"dice": 0.0, "nsd": 0.0}
+    assert math.isnan(scores["lung"]["dice"]) and math.isnan(scores["lung"]["nsd"])
+    without_skip = score_case(ref, pred, labels, (1.0, 1.0, 1.0), 1.0)
+    assert without_skip["lung"] == {"dice": 0.0, "nsd": 0.0}
+
+
+def test_score_case_region_labels() -> None:
+    ref = np.array([[[1, 2, 0, 0]]], dtype=np.uint8)
+    pred = np.array([[[2, 2, 0, 0]]], dtype=np.uint8)
+    scores = score_case(ref, pred, {"background": 0, "whole": [1, 2], "core": 2}, (1.0, 1.0, 1.0), 0.0)
+    assert scores["whole"]["dice"] == 1.0
+    assert scores["core"]["dice"] == pytest.approx(2 * 1 / (1 + 2))
+
+
+def test_summarise_is_nan_aware() -> None:
+    nan = math.nan
+    per_case = {
+        "A": {"heart": {"dice": 0.8, "nsd": 0.9}, "lung": {"dice": nan, "nsd": nan}},
+        "B": {"heart": {"dice": 0.6, "nsd": 0.7}, "lung": {"dice": 0.5, "nsd": 0.4}},
+        "C": {"heart": {"dice": nan, "nsd": nan}, "lung": {"dice": nan, "nsd": nan}},
+    }
+    summary = summarise(per_case)
+    assert summary["heart"] == {"dice_mean": pytest.approx(0.7), "nsd_mean": pytest.approx(0.8), "cases": 2}
+    assert summary["lung"] == {"dice_mean": pytest.approx(0.5), "nsd_mean": pytest.approx(0.4), "cases": 1}
+    # Mean over labels of the label means: (0.7 + 0.5) / 2 and (0.8 + 0.4) / 2; case C has no score.
+    assert summary["mean"] == {"dice_mean": pytest.approx(0.6), "nsd_mean": pytest.approx(0.6), "cases": 2}
+
+
+def test_summarise_label_never_scored_and_no_cases() -> None:
+    summary = summarise({"A": {"heart": {"dice": math.nan, "nsd": math.nan}}})
+    assert math.isnan(summary["heart"]["dice_mean"]) and summary["heart"]["cases"] == 0
+    assert math.isnan(summary["mean"]["dice_mean"]) and summary["mean"]["cases"] == 0
+    assert summarise({}) == {}
+
+
+def test_large_volume_is_cropped(tmp_path: Path) -> None:
+    # 200x512x512 with a small structure: cropping keeps this fast and memory-light.
+    ref = np.zeros((200, 512, 512), dtype=bool)
+    ref[100:110, 200:230, 200:230] = True
+    pred = np.zeros_like(ref)
+    pred[101:111, 200:230, 200:230] = True
+    assert surface_dice(ref, pred, (2.5, 0.8, 0.8), 2.5) == 1.0
+    assert dice(ref, pred) == pytest.approx(2 * 9 / 20)
+
+
+def test_write_json_turns_nan_into_null(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    write_json({"a": math.nan, "b": [np.float64(0.5), np.int64(3)], "c": {"d": math.inf}}, path)
+    assert json.loads(path.read_text()) == {"a": None, "b": [0.5, 3], "c": {"d": None}}
+
+
+def test_evaluate_with_no_cases_writes_empty_metrics(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "heart": 1}}))
+    report = evaluate_test_set(model, ("all",), "cpu", [], tmp_path / "out", 2.0)
+    written = json.loads((tmp_path / "out" / "test_metrics.json").read_text())
+    assert written == report
+    assert written["cases"] == {} and written["summary"] == {}
+    assert written["labels"] == {"background": 0, "heart": 1} and written["folds"] == ["all"]
