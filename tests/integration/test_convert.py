@@ -1,3 +1,4 @@
+import json
 import shutil
 from pathlib import Path
 
@@ -6,8 +7,10 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from conftest import REPO, tree_digest
-from iterseg.convert import assemble_dataset, convert_snapshot, read_cases
-from iterseg.demo import annotated, make_phantom, phantom_arrays
+from iterseg.annotations import DuplicateRule
+from iterseg.assemble import HoldoutSpec, MissingRoiPolicy, assemble_dataset
+from iterseg.convert import convert_snapshot, read_cases
+from iterseg.demo import SegmentLabel, annotated, make_phantom, phantom_arrays, write_ct_series, write_seg
 from iterseg.errors import ConversionError, SnapshotError
 
 pytestmark = pytest.mark.integration
@@ -40,18 +43,109 @@ def test_newest_annotation_wins_when_assembling(demo_rawdata: Path, tmp_path: Pa
     first = convert_snapshot(demo_rawdata / "2026-01-15__demo", tmp_path / "c1", ROI)
     second = convert_snapshot(demo_rawdata / "2026-03-02__demo", tmp_path / "c2", ROI)
     raw = tmp_path / "nnUNet_raw" / "Dataset950_demo_x"
-    cases = assemble_dataset([tmp_path / "c1", tmp_path / "c2"], raw, ROI, "CT")
+    record = assemble_dataset([tmp_path / "c1", tmp_path / "c2"], raw, ROI, "CT")
+    cases = record["records"]
     ids = {c.case_id for c in first} | {c.case_id for c in second}
-    assert {c.case_id for c in cases} == ids
+    assert {c["case_id"] for c in cases} == ids
     assert len(ids) == 11  # three patients of snapshot 1 were refined in snapshot 2
-    winner = {c.case_id: c.snapshot for c in cases}
+    winner = {c["case_id"]: c["snapshot"] for c in cases}
     refined = {c.case_id for c in second} & {c.case_id for c in first}
     assert refined and all(winner[cid] == "2026-03-02" for cid in refined)
     for cid in refined:
         expected = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "c2" / "cases" / f"{cid}.nii.gz")))
         got = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "labelsTr" / f"{cid}.nii.gz")))
         assert np.array_equal(got, expected)
-    assert len(list((raw / "imagesTr").glob("*_0000.nii.gz"))) == 11
+    assert len(list((raw / "imagesTr").glob("*_0000.nii.gz"))) == 11  # P011 (liver only) kept: ignore
+    assert [c["patient_id"] for c in cases if c["missing_rois"]] == ["P011"]
+
+
+def test_frozen_test_set_and_missing_roi_policies(demo_rawdata: Path, tmp_path: Path) -> None:
+    convert_snapshot(demo_rawdata / "2026-01-15__demo", tmp_path / "c1", ROI)
+    convert_snapshot(demo_rawdata / "2026-03-02__demo", tmp_path / "c2", ROI, reuse_from=[tmp_path / "c1"])
+    dirs = [tmp_path / "c1", tmp_path / "c2"]
+    first = assemble_dataset(
+        dirs[:1], tmp_path / "raw" / "Dataset950_a", ROI, "CT", test_spec=HoldoutSpec(0.3)
+    )
+    held_out = set(first["test_set"]["patients"])
+    assert len(held_out) == 3 and "fraction 0.3 of 7 patients" in first["test_set"]["rule"]
+    again = assemble_dataset(
+        dirs[:1], tmp_path / "raw" / "Dataset950_b", ROI, "CT", test_spec=HoldoutSpec(0.3)
+    )
+    assert again["test_set"]["patients"] == first["test_set"]["patients"]  # reproducible from the seed
+    second = assemble_dataset(
+        dirs,
+        tmp_path / "raw" / "Dataset951_a",
+        ROI,
+        "CT",
+        test_spec=HoldoutSpec(0.9),
+        frozen_test_set=first["test_set"],
+        previous=first,
+    )
+    assert second["test_set"] == first["test_set"]  # frozen: the later spec is not consulted
+    tests = {r["patient_id"] for r in second["records"] if r["split"] == "test"}
+    assert tests == held_out
+    raw = tmp_path / "raw" / "Dataset951_a"
+    trained = {p.name.split("_")[0] for p in (raw / "imagesTr").iterdir()}
+    assert not trained & held_out and {p.name.split("_")[0] for p in (raw / "imagesTs").iterdir()} == held_out
+    dataset_json = json.loads((raw / "dataset.json").read_text())
+    assert dataset_json["labels"]["ignore"] == 3 and dataset_json["numTraining"] == 11 - len(held_out)
+    dropped = assemble_dataset(
+        dirs,
+        tmp_path / "raw" / "Dataset951_b",
+        ROI,
+        "CT",
+        MissingRoiPolicy.DROP,
+        frozen_test_set=first["test_set"],
+    )
+    assert [r["patient_id"] for r in dropped["records"] if r["split"] == "dropped"] == ["P011"]
+    assert "ignore" not in dropped["labels"] and dropped["summary"]["dropped"] == 1
+    with pytest.raises(ConversionError, match=r"(?s)P011 .*tumour.*missing_roi"):
+        assemble_dataset(
+            dirs,
+            tmp_path / "raw" / "Dataset951_c",
+            ROI,
+            "CT",
+            MissingRoiPolicy.ERROR,
+            frozen_test_set=first["test_set"],
+        )
+
+
+def test_unchanged_pairs_are_reused_and_only_the_new_one_converted(
+    demo_rawdata: Path, tmp_path: Path
+) -> None:
+    first = convert_snapshot(demo_rawdata / "2026-01-15__demo", tmp_path / "c1", ROI)
+    snap = tmp_path / "raw" / "2026-05-01__demo"
+    shutil.copytree(demo_rawdata / "2026-01-15__demo", snap)
+    phantom = make_phantom("P020", 20)
+    ct = write_ct_series(phantom, snap / "P020" / "CT")
+    _, masks = phantom_arrays(annotated(phantom, 1.0))
+    write_seg(phantom, ct, snap / "P020" / "SEG" / "seg.dcm", masks, "v1")
+    cases = convert_snapshot(snap, tmp_path / "c2", ROI, reuse_from=[tmp_path / "c1"])
+    assert [c.patient_id for c in cases if c.conversion == "converted"] == ["P020"]
+    assert {c.reused_from for c in cases if c.conversion == "reused"} == {"2026-01-15"}
+    assert len(list((tmp_path / "c2" / "imgtools").iterdir())) == 1  # one med-imagetools run
+    for old in first:
+        assert (tmp_path / "c2" / old.label).samefile(tmp_path / "c1" / old.label)
+    report = json.loads((tmp_path / "c2" / "check.json").read_text())
+    assert report["cases"] == 1 and report["reused_cases"] == 7 and len(report["rois"]) == 16
+    # the ROI YAML is part of the key: a changed YAML converts everything again
+    roi2 = tmp_path / "roi.yaml"
+    roi2.write_text(ROI.read_text() + "\n# edited\n")
+    again = convert_snapshot(snap, tmp_path / "c3", roi2, reuse_from=[tmp_path / "c1"])
+    assert all(c.conversion == "converted" for c in again)
+
+
+def test_refined_annotation_alone_reuses_the_earlier_image_series(demo_rawdata: Path, tmp_path: Path) -> None:
+    """A later snapshot may bring only a refined SEG; its image series is found in an earlier one."""
+    convert_snapshot(demo_rawdata / "2026-01-15__demo", tmp_path / "c1", ROI)
+    snap = tmp_path / "raw" / "2026-05-01__demo"
+    shutil.copytree(demo_rawdata / "2026-03-02__demo" / "P001" / "SEG", snap / "P001" / "SEG")
+    (case,) = convert_snapshot(snap, tmp_path / "c2", ROI, reuse_from=[tmp_path / "c1"])
+    assert case.patient_id == "P001" and case.conversion == "converted"
+    assert all("2026-01-15__demo" in f for f in case.image_files)
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "c2" / case.label)))
+    _, masks = phantom_arrays(annotated(make_phantom("P001", 1), 1.0))
+    assert np.array_equal(label == 2, masks[SegmentLabel.TUMOUR])  # the refined (full-size) tumour
 
 
 def _copy_snapshot(demo_rawdata: Path, tmp_path: Path, patients: list[str]) -> Path:
@@ -74,15 +168,31 @@ def test_case_failing_in_med_imagetools_is_a_loud_error(demo_rawdata: Path, tmp_
     assert "P002" in message and "1 case(s)" in message and "rawdata was not changed" in message
 
 
-def test_two_annotations_of_one_series_are_refused(demo_rawdata: Path, tmp_path: Path) -> None:
-    snap = _copy_snapshot(demo_rawdata, tmp_path, ["P001"])
-    seg_path = next((snap / "P001" / "SEG").glob("*.dcm"))
+def test_two_annotations_of_one_series_are_refused_unless_a_rule_decides(
+    demo_rawdata: Path, tmp_path: Path
+) -> None:
+    snap = _copy_snapshot(demo_rawdata, tmp_path, ["P001", "P003"])
+    seg_path = next((snap / "P003" / "SEG").glob("*.dcm"))
+    original = pydicom.dcmread(seg_path)
+    original.SeriesDate, original.SeriesTime = "20260301", "090000"
+    original.save_as(seg_path)
     twin = pydicom.dcmread(seg_path)
     twin.SeriesInstanceUID = pydicom.uid.generate_uid()
     twin.SOPInstanceUID = pydicom.uid.generate_uid()
-    twin.save_as(snap / "P001" / "SEG" / "second.dcm")
-    with pytest.raises(SnapshotError, match="has 2 annotations"):
+    twin.SeriesDate = "20260302"
+    twin.save_as(snap / "P003" / "SEG" / "second.dcm")
+    with pytest.raises(SnapshotError, match="has 2 annotations") as info:
         convert_snapshot(snap, tmp_path / "out", ROI)
+    assert str(seg_path) in str(info.value) and "second.dcm" in str(info.value)
+    cases = convert_snapshot(snap, tmp_path / "out", ROI, duplicates=DuplicateRule.NEWEST_SERIES_DATE)
+    (p003,) = [c for c in cases if c.patient_id == "P003"]
+    assert p003.annotation_series_uid == twin.SeriesInstanceUID and "newest SeriesDate" in p003.selection
+    excluded = json.loads((tmp_path / "out" / "excluded.json").read_text())
+    assert [Path(e["files"][0]).name for e in excluded] == [seg_path.name]
+    twin.SeriesDate, twin.SeriesTime = original.SeriesDate, original.SeriesTime
+    twin.save_as(snap / "P003" / "SEG" / "second.dcm")
+    with pytest.raises(SnapshotError, match="do not order them"):
+        convert_snapshot(snap, tmp_path / "out", ROI, duplicates=DuplicateRule.NEWEST_SERIES_DATE)
 
 
 def test_annotation_of_a_missing_series_is_refused(demo_rawdata: Path, tmp_path: Path) -> None:

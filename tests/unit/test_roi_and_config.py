@@ -88,3 +88,50 @@ def test_repository_configs_are_valid() -> None:
         "liver": ["^liver$"],
         "tumour": ["^gtv.*", "tumou?r"],
     }
+
+
+def test_iteration_settings_are_typed_and_checked() -> None:
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "config" / "demo.yaml").read_text())
+    settings = load_settings(config)
+    demo = settings.datasets["demo"]
+    assert demo.test_patients == ("P003", "P004") and demo.missing_roi == "ignore"
+    assert settings.nnunet.schedule(first=True).epochs == 3
+    fine = settings.nnunet.schedule(first=False)
+    assert (fine.trainer, fine.epochs, fine.initial_lr) == ("nnUNetTrainerIterSegDemo", 2, 0.005)
+    assert settings.nnunet.plans_overrides == {
+        "n_stages": 4,
+        "features_per_stage": [16, 32, 64, 128],
+        "batch_size": 2,
+    }
+    region = copy.deepcopy(config)
+    region["datasets"]["demo"]["mask_saving_strategy"] = "region_mask"
+    with pytest.raises(ConfigError, match="missing_roi ignore needs mask_saving_strategy"):
+        load_settings(region)
+    bad = copy.deepcopy(config)
+    bad["nnunet"]["plans_overrides"]["n_stage"] = 3
+    bad["nnunet"]["fine_tuning"]["initial_lr"] = 2
+    with pytest.raises(ConfigError) as info:
+        load_settings(bad)
+    assert "nnunet.plans_overrides" in str(info.value) and "nnunet.fine_tuning.initial_lr" in str(info.value)
+
+
+def test_config_hash_ignores_key_order() -> None:
+    from iterseg.config import config_hash
+
+    assert config_hash({"a": 1, "b": {"c": 2, "d": 3}}) == config_hash({"b": {"d": 3, "c": 2}, "a": 1})
+    assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def test_test_patients_by_fraction_are_reproducible_and_leave_training_cases() -> None:
+    from iterseg.assemble import HoldoutSpec, choose_test_patients
+
+    patients = [f"P{n:03d}" for n in range(1, 21)]
+    chosen = choose_test_patients(patients, HoldoutSpec(fraction=0.2, seed=1))
+    assert len(chosen) == 4 and set(chosen) <= set(patients)
+    assert chosen == choose_test_patients(list(reversed(patients)), HoldoutSpec(fraction=0.2, seed=1))
+    assert chosen != choose_test_patients(patients, HoldoutSpec(fraction=0.2, seed=2))
+    assert len(choose_test_patients(["A", "B"], HoldoutSpec(fraction=0.9))) == 1  # one always trains
+    assert choose_test_patients(["A"], HoldoutSpec(fraction=0.5)) == []
+    assert choose_test_patients(patients, HoldoutSpec(patients=("Z9", "P002"))) == ["P002", "Z9"]

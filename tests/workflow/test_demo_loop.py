@@ -29,7 +29,13 @@ def procdata(project: Path, date: str) -> Path:
     return project / f"data/procdata/demo/{date}__demo"
 
 
-def snakemake(project: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess[str]:
+GATE_OFF = "config/gate_off.yaml"  # the tiny demo trainer's test Dice is noise: no Dice gate
+GATE_STRICT = "config/gate_strict.yaml"  # a gate no iteration passes: demands a gain of 1.0
+
+
+def snakemake(
+    project: Path, *args: str, gate: str = GATE_OFF, timeout: int = 1500
+) -> subprocess.CompletedProcess[str]:
     """Run snakemake from the test's environment in ``project``, as a user would from the repo."""
     exe = Path(sys.executable).parent / "snakemake"
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
@@ -42,8 +48,9 @@ def snakemake(project: Path, *args: str, timeout: int = 1500) -> subprocess.Comp
             str(REPO / "Snakefile"),
             "--directory",
             str(project),
-            "--configfile",
-            "config/demo.yaml",
+            "--configfile",  # resolved against the caller's directory, not --directory
+            str(project / "config/demo.yaml"),
+            str(project / gate),
             *args,
         ],
         capture_output=True,
@@ -58,13 +65,15 @@ def snakemake(project: Path, *args: str, timeout: int = 1500) -> subprocess.Comp
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     project = tmp_path_factory.mktemp("project")
     shutil.copytree(REPO / "config", project / "config")
+    (project / GATE_OFF).write_text("promotion:\n  max_dice_drop: null\n")
+    (project / GATE_STRICT).write_text("promotion:\n  max_dice_drop: -1.0\n")
     subprocess.run(
         [str(Path(sys.executable).parent / "iterseg"), "-q", "demo-data", str(project / "data/rawdata/demo")],
         check=True,
     )
     before = tree_digest(project / "data/rawdata")
-    # The tiny demo trainer's test Dice is noise; the gate itself is exercised by the third iteration.
-    run = snakemake(project, "--config", "promotion={max_dice_drop: null}")
+    # The gate itself is exercised by the third iteration.
+    run = snakemake(project)
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-5000:]
     after = tree_digest(project / "data/rawdata")
     return {"project": project, "before": before, "after": after, "run": run}
@@ -185,7 +194,7 @@ def test_partially_labelled_case_trains_with_the_ignore_label(demo_run: dict) ->
     converted = sitk.GetArrayFromImage(
         sitk.ReadImage(str(procdata(project, SECOND) / "converted" / p011["label"]))
     )
-    trained = sitk.GetArrayFromImage(sitk.ReadImage(p011["raw_label"]))
+    trained = sitk.GetArrayFromImage(sitk.ReadImage(str(project / p011["raw_label"])))
     assert set(np.unique(converted)) == {0, 1}  # conversion stays faithful to the annotation
     assert set(np.unique(trained)) == {1, 3}  # liver kept, the rest unknown
     assert np.array_equal(trained == 1, converted == 1) and p011["ignored_voxels"] == int(
@@ -264,20 +273,20 @@ def test_manifest_records_what_the_model_learned_from(demo_run: dict) -> None:
     cases = {c["patient_id"]: c for c in manifest["cases"]}
     assert len(cases) == 11 and {p for p, c in cases.items() if c["split"] == "test"} == TEST_PATIENTS
     p001 = cases["P001"]
-    ct = pydicom.dcmread(p001["image"]["files"][0], stop_before_pixels=True)
+    ct = pydicom.dcmread(project / p001["image"]["files"][0], stop_before_pixels=True)
     assert (
         p001["image"]["series_uid"] == ct.SeriesInstanceUID
         and p001["image"]["study_uid"] == ct.StudyInstanceUID
     )
     assert ct.SOPInstanceUID in p001["image"]["sop_uids"] and len(p001["image"]["sop_uids"]) == 32
-    seg = pydicom.dcmread(p001["annotation"]["files"][0], stop_before_pixels=True)
+    seg = pydicom.dcmread(project / p001["annotation"]["files"][0], stop_before_pixels=True)
     assert p001["annotation"]["sop_uids"] == [seg.SOPInstanceUID] and p001["annotation"]["snapshot"] == SECOND
     assert len(p001["annotation"]["content_sha256"]) == 64 and p001["superseded"][0]["snapshot"] == FIRST
     assert "newest annotation" in p001["why"]
 
 
 def test_rerun_with_nothing_new_schedules_no_job(demo_run: dict) -> None:
-    dry = snakemake(demo_run["project"], "--config", "promotion={max_dice_drop: null}", "-n")
+    dry = snakemake(demo_run["project"], "-n")
     assert dry.returncode == 0, dry.stderr
     assert "Nothing to be done" in dry.stdout + dry.stderr
 
@@ -296,7 +305,7 @@ def third_run(demo_run: dict) -> dict:
     _, masks = phantom_arrays(annotated(phantom, 1.0))
     write_seg(phantom, ct, third / "P012" / "SEG" / "seg.dcm", masks, "v1")
     latest_manifest = json.loads((project / "data/results/demo/latest/manifest.json").read_text())
-    run = snakemake(project, "--config", "promotion={max_dice_drop: -1.0}")
+    run = snakemake(project, gate=GATE_STRICT)
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-5000:]
     return {"project": project, "run": run, "latest_manifest_before": latest_manifest}
 
@@ -329,14 +338,15 @@ def test_gated_out_iteration_leaves_latest_and_says_why(third_run: dict) -> None
     assert (results / THIRD / "seg").is_dir() and manifest["folds"][0]["status"] == "finished"
     # the config edit re-ran the earlier iterations' last step; their decisions stand
     second = json.loads((results / SECOND / "manifest.json").read_text())
-    assert second["promotion"] == third_run["latest_manifest_before"]["promotion"]
+    before = third_run["latest_manifest_before"]["promotion"]
+    assert second["promotion"]["promoted"] is True and second["promotion"]["reason"] == before["reason"]
     history = [json.loads(line) for line in (results / "latest_history.jsonl").read_text().splitlines()]
     assert [h["action"] for h in history] == ["promote", "promote", "gated"]
 
 
 def test_failed_iteration_leaves_latest_on_the_last_good_one(third_run: dict) -> None:
     """A new snapshot whose annotation cannot be converted fails loudly; `latest` stays put."""
-    project = demo_run["project"]
+    project = third_run["project"]
     raw = project / "data/rawdata/demo"
     broken = raw / "2026-04-20__demo" / "P008"
     shutil.copytree(raw / "2026-03-02__demo" / "P008", broken)
@@ -346,7 +356,7 @@ def test_failed_iteration_leaves_latest_on_the_last_good_one(third_run: dict) ->
         roi.ROIName = "Spleen"
     rt.save_as(rt_path)
     try:
-        run = snakemake(project, "--config", "promotion={max_dice_drop: -1.0}")
+        run = snakemake(project, gate=GATE_STRICT)
         assert run.returncode != 0
         log = (project / "data/results/demo/2026-04-20/logs/convert_snapshot.log").read_text()
         assert "P008" in log and "could not be converted" in log
@@ -381,7 +391,7 @@ def test_status_and_rollback_through_the_cli(third_run: dict) -> None:
     subprocess.run([iterseg, "rollback", "demo", "--reason", "test"], cwd=project, check=True)
     assert os.readlink(project / "data/results/demo/latest") == FIRST
     # snakemake does not undo a rollback: nothing to do, latest stays
-    dry = snakemake(project, "--config", "promotion={max_dice_drop: -1.0}", "-n")
+    dry = snakemake(project, "-n", gate=GATE_STRICT)
     assert "Nothing to be done" in dry.stdout + dry.stderr
     subprocess.run([iterseg, "rollback", "demo", SECOND], cwd=project, check=True)
     assert os.readlink(project / "data/results/demo/latest") == SECOND
@@ -401,7 +411,7 @@ def test_our_unedited_prediction_dropped_back_is_excluded(third_run: dict) -> No
     )
     shutil.copytree(raw / "2026-03-02__demo" / "P008", third / "P008")
     try:
-        run = snakemake(project, "--config", "promotion={max_dice_drop: -1.0}", "--until", "convert_snapshot")
+        run = snakemake(project, "--until", "convert_snapshot", gate=GATE_STRICT)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         converted = project / "data/procdata/demo/2026-05-10__demo/converted"
         cases = json.loads((converted / "cases.json").read_text())
@@ -415,3 +425,26 @@ def test_our_unedited_prediction_dropped_back_is_excluded(third_run: dict) -> No
         shutil.rmtree(third)
         shutil.rmtree(project / "data/procdata/demo/2026-05-10__demo", ignore_errors=True)
         shutil.rmtree(project / "data/results/demo/2026-05-10", ignore_errors=True)
+
+
+def test_two_annotations_of_one_series_stop_the_snapshot_naming_both(third_run: dict) -> None:
+    project = third_run["project"]
+    raw = project / "data/rawdata/demo"
+    snap = raw / "2026-06-01__demo"
+    shutil.copytree(raw / "2026-03-02__demo" / "P011", snap / "P011")
+    first_seg = next((snap / "P011" / "SEG").glob("*.dcm"))
+    twin = pydicom.dcmread(first_seg)
+    twin.SeriesInstanceUID = pydicom.uid.generate_uid()
+    twin.SOPInstanceUID = pydicom.uid.generate_uid()
+    twin.save_as(snap / "P011" / "SEG" / "second_reader.dcm")
+    try:
+        run = snakemake(project, "--until", "convert_snapshot", gate=GATE_STRICT)
+        assert run.returncode != 0
+        log = (project / "data/results/demo/2026-06-01/logs/convert_snapshot.log").read_text()
+        assert "has 2 annotations" in log and str(first_seg.name) in log and "second_reader.dcm" in log
+        assert "duplicate_annotations" in log  # the rule that would decide instead
+        assert os.readlink(project / "data/results/demo/latest") == SECOND
+    finally:
+        shutil.rmtree(snap)
+        shutil.rmtree(project / "data/procdata/demo/2026-06-01__demo", ignore_errors=True)
+        shutil.rmtree(project / "data/results/demo/2026-06-01", ignore_errors=True)

@@ -42,7 +42,7 @@ class MissingRoiPolicy(StrEnum):
 
 
 @dataclass(frozen=True)
-class TestSetSpec:
+class HoldoutSpec:
     """How the first iteration chooses the held-out patients."""
 
     fraction: float = 0.0
@@ -50,7 +50,7 @@ class TestSetSpec:
     seed: int = 0
 
 
-def choose_test_patients(patients: list[str], spec: TestSetSpec) -> list[str]:
+def choose_test_patients(patients: list[str], spec: HoldoutSpec) -> list[str]:
     """The held-out patients: the explicit list, else ``ceil(fraction * n)`` by a seeded hash.
 
     At least one patient always stays for training. The hash order makes the choice independent
@@ -132,7 +132,7 @@ def assemble_dataset(
     roi_yaml: Path,
     modality: str,
     missing_roi: MissingRoiPolicy = MissingRoiPolicy.IGNORE,
-    test_spec: TestSetSpec | None = None,
+    test_spec: HoldoutSpec | None = None,
     frozen_test_set: dict[str, Any] | None = None,
     previous: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -177,7 +177,7 @@ def assemble_dataset(
     if frozen_test_set is not None:
         test_set = frozen_test_set
     else:
-        spec = test_spec or TestSetSpec()
+        spec = test_spec or HoldoutSpec()
         patients = sorted({c.patient_id for _, c in chosen.values()})
         test_set = {
             "patients": choose_test_patients(patients, spec),

@@ -53,7 +53,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 def cmd_assemble(args: argparse.Namespace) -> None:
     """Build the iteration's nnU-Net raw dataset from converted snapshots."""
-    from iterseg.assemble import MissingRoiPolicy, TestSetSpec, assemble_dataset
+    from iterseg.assemble import HoldoutSpec, MissingRoiPolicy, assemble_dataset
 
     work = Path(args.work)
     frozen = json.loads(Path(args.test_set_from).read_text())["test_set"] if args.test_set_from else None
@@ -64,7 +64,7 @@ def cmd_assemble(args: argparse.Namespace) -> None:
         Path(args.roi_yaml),
         args.modality,
         MissingRoiPolicy(args.missing_roi),
-        TestSetSpec(args.test_fraction, tuple(args.test_patients), args.test_seed),
+        HoldoutSpec(args.test_fraction, tuple(args.test_patients), args.test_seed),
         frozen,
         previous,
     )
@@ -146,7 +146,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Predict the frozen test set and score it (Dice, NSD)."""
-    from iterseg.evaluate import TestCase, evaluate_test_set, write_json
+    from iterseg.evaluate import HoldoutCase, evaluate_test_set, write_json
     from iterseg.layout import model_dir
     from iterseg.nnunet_env import configure_nnunet
     from iterseg.plan import read_record
@@ -154,7 +154,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     record = read_record(Path(args.plan_record))
     assembled = json.loads(Path(args.assembled).read_text())
     cases = [
-        TestCase(
+        HoldoutCase(
             r["case_id"],
             r["patient_id"],
             Path(r["raw_image"]),

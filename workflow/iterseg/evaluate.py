@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class TestCase:
+class HoldoutCase:
     """One held-out case: an image and its reference label map."""
 
     __test__ = False  # not a pytest test class despite the name
@@ -90,7 +90,7 @@ def evaluate_test_set(
     model_folder: Path,
     folds: tuple[str, ...],
     device: str,
-    cases: Sequence[TestCase],
+    cases: Sequence[HoldoutCase],
     out: Path,
     tolerance_mm: float,
 ) -> dict[str, Any]:
