@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -152,6 +153,21 @@ def test_plans_override_and_schedules_reach_nnunet(demo_run: dict) -> None:
     assert "fold 0: 3 epochs" in (project / f"data/results/demo/{FIRST}/logs/train_fold_0.log").read_text()
     second = (project / f"data/results/demo/{SECOND}/logs/train_fold_0.log").read_text()
     assert "fold 0: 2 epochs, initial lr 0.005" in second
+    # nnU-Net's own training logs: the first iteration's 3 epochs, the fine-tuning's 2 at lr 0.005
+    folder = "nnUNetTrainerIterSegDemo__nnUNetPlans__3d_fullres/fold_0"
+    for date, name, epochs, lr in (
+        (FIRST, "Dataset901_demo_20260115", 3, "0.01"),
+        (SECOND, "Dataset902_demo_20260302", 2, "0.005"),
+    ):
+        (nnunet_log,) = (procdata(project, date) / "nnUNet_results" / name / folder).glob(
+            "training_log_*.txt"
+        )
+        text = nnunet_log.read_text()
+        epochs_run = re.findall(r"Epoch (\d+)\s*$", text, flags=re.MULTILINE)
+        assert epochs_run == [str(e) for e in range(epochs)], epochs_run
+        assert re.findall(r"Current learning rate: ([\d.]+)", text)[0] == lr
+    # fine-tuning keeps the segmentation head too (nnU-Net alone re-initialises it)
+    assert "kept the previous iteration's segmentation head (6 tensors)" in second
 
 
 def test_test_patients_never_reach_training(demo_run: dict) -> None:

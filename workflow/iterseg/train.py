@@ -71,6 +71,55 @@ def check_trainer_settings(fold: str, epochs: int | None, initial_lr: float | No
         )
 
 
+def keep_segmentation_head(trainer: Any, checkpoint: Path) -> int:
+    """Load the previous iteration's segmentation head too, when the labels are unchanged.
+
+    nnU-Net's ``load_pretrained_weights`` skips ``.seg_layers.`` (made for transfer to a new
+    task), so every fine-tuning iteration would start from a random head; with a short
+    fine-tuning schedule that costs most of what the previous iteration learned. The head is
+    kept only if the network's outputs (labels without ``ignore``) are the same.
+
+    Returns
+    -------
+    int
+        Number of tensors loaded (0 when the labels changed).
+
+    """
+    import torch
+    from torch._dynamo import OptimizedModule
+    from torch.nn.parallel import DistributedDataParallel
+
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+
+    def outputs(labels: dict[str, Any]) -> dict[str, Any]:
+        return {name: value for name, value in labels.items() if name != "ignore"}
+
+    before = outputs(saved["init_args"]["dataset_json"]["labels"])
+    now = outputs(trainer.dataset_json["labels"])
+    if before != now:
+        logger.warning(
+            "labels %s differ from the previous iteration's %s: the segmentation head starts anew",
+            now,
+            before,
+        )
+        return 0
+    network = trainer.network
+    if isinstance(network, DistributedDataParallel):
+        network = network.module
+    if isinstance(network, OptimizedModule):
+        network = network._orig_mod
+    state = network.state_dict()
+    head = {
+        key: value
+        for key, value in saved["network_weights"].items()
+        if ".seg_layers." in key and key in state and state[key].shape == value.shape
+    }
+    state.update(head)
+    network.load_state_dict(state)
+    logger.info("kept the previous iteration's segmentation head (%d tensors) from %s", len(head), checkpoint)
+    return len(head)
+
+
 def _run_training_with_settings(
     dataset_name: str,
     configuration: str,
@@ -106,12 +155,15 @@ def _run_training_with_settings(
     if initial_lr is not None:
         nnunet_trainer.initial_lr = initial_lr
     logger.info(
-        "fold %s: %d epochs, initial lr %g (overridden)",
+        "fold %s: %d epochs, initial lr %g%s",
         fold,
         nnunet_trainer.num_epochs,
         nnunet_trainer.initial_lr,
+        " (overridden)" if epochs is not None or initial_lr is not None else "",
     )
     maybe_load_checkpoint(nnunet_trainer, False, False, str(pretrained) if pretrained else None)
+    if pretrained is not None:
+        keep_segmentation_head(nnunet_trainer, pretrained)
     if torch.cuda.is_available():
         cudnn.deterministic = False
         cudnn.benchmark = True
@@ -182,7 +234,7 @@ def train_fold(
         )
     if device == "cpu":
         torch.set_num_threads(max(1, threads))
-    if epochs is None and initial_lr is None:
+    if epochs is None and initial_lr is None and pretrained is None:
         run_training(
             record.dataset_name,
             record.configuration,
