@@ -20,7 +20,7 @@ from pydicom.errors import InvalidDicomError
 
 from iterseg.errors import SnapshotError
 from iterseg.roi import match_roi_name
-from iterseg.seg_export import ALGORITHM_NAME, SEG_MANUFACTURER
+from iterseg.seg_export import ALGORITHM_NAME, LEGACY_ALGORITHM_NAMES, SEG_MANUFACTURER
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,9 @@ def is_unrefined_prediction(ds: pydicom.Dataset) -> bool:
     def ours(segment: pydicom.Dataset) -> bool:
         algorithms = getattr(segment, "SegmentationAlgorithmIdentificationSequence", [])
         automatic = str(getattr(segment, "SegmentAlgorithmType", "")) == "AUTOMATIC"
-        return automatic and any(str(a.AlgorithmName) == ALGORITHM_NAME for a in algorithms)
+        return automatic and any(
+            str(a.AlgorithmName) in (ALGORITHM_NAME, *LEGACY_ALGORITHM_NAMES) for a in algorithms
+        )
 
     segments = getattr(ds, "SegmentSequence", [])
     return bool(segments) and all(ours(s) for s in segments)

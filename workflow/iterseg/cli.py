@@ -225,6 +225,24 @@ def cmd_promote(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_export_seg(args: argparse.Namespace) -> None:
+    """Write a label image as a DICOM-SEG of its reference series."""
+    from iterseg.export import export_label_image
+    from iterseg.seg_export import SegType
+
+    export_label_image(
+        Path(args.reference),
+        Path(args.labels),
+        Path(args.roi_yaml),
+        Path(args.out),
+        modality=args.modality,
+        series_uid=args.series_uid,
+        seg_type=SegType(args.type),
+        series_description=args.description,
+        algorithm_version=args.algorithm_version,
+    )
+
+
 def cmd_status(args: argparse.Namespace) -> None:
     """Print the dataset's iterations."""
     from iterseg.promote import status_table
@@ -360,6 +378,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-dice-drop", default="0.02", help="allowed drop of test mean Dice vs `latest`; none: no gate"
     )
     p.add_argument("--output", required=True)
+
+    p = _add(
+        sub,
+        "export-seg",
+        cmd_export_seg,
+        "write a label image as a DICOM-SEG of its DICOM series (also outside the workflow)",
+    )
+    p.add_argument(
+        "--reference", required=True, help="folder with the DICOM image series the labels belong to"
+    )
+    p.add_argument(
+        "--labels", required=True, help="label image (.nii.gz, .nrrd, .mha); values as in the ROI YAML"
+    )
+    p.add_argument("--roi-yaml", required=True, help="label names; file order gives the values 1, 2, ...")
+    p.add_argument("--out", required=True, help="SEG file to write (nothing is written on error)")
+    p.add_argument("--modality", choices=["CT", "MR", "PT"], help="only consider series of this modality")
+    p.add_argument("--series-uid", help="the reference series, if the folder holds several on one grid")
+    p.add_argument(
+        "--type",
+        default="binary",
+        choices=["binary", "labelmap"],
+        help="SegmentationType (labelmap: DICOM 2024)",
+    )
+    p.add_argument("--description", default="iterseg segmentation", help="SeriesDescription of the SEG")
+    p.add_argument(
+        "--algorithm-version", default="manual export", help="model identification recorded in each segment"
+    )
 
     p = _add(sub, "status", cmd_status, "table of a dataset's finished iterations and which is `latest`")
     p.add_argument("dataset")

@@ -68,15 +68,16 @@ def sort_by_position(
     return [datasets[i] for i in order], [files[i] for i in order]
 
 
-def find_image_series(folder: Path, modality: str) -> list[ImageSeries]:
-    """All ``modality`` series below ``folder``, each sorted geometrically."""
+def find_image_series(folder: Path, modality: str | tuple[str, ...]) -> list[ImageSeries]:
+    """All series of ``modality`` (one or several) below ``folder``, each sorted geometrically."""
+    modalities = (modality,) if isinstance(modality, str) else modality
     grouped: dict[str, list[tuple[pydicom.Dataset, Path]]] = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception:
             continue
-        if getattr(ds, "Modality", None) != modality or "ImagePositionPatient" not in ds:
+        if getattr(ds, "Modality", None) not in modalities or "ImagePositionPatient" not in ds:
             continue
         grouped.setdefault(str(ds.SeriesInstanceUID), []).append((ds, path))
     series = []

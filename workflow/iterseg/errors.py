@@ -39,3 +39,7 @@ class PlanOverrideError(IterSegError):
 
 class EvaluationError(IterSegError):
     """The held-out test set could not be predicted or scored."""
+
+
+class SegExportError(IterSegError):
+    """A label image cannot be written as a correct DICOM-SEG of its reference series."""

@@ -13,11 +13,12 @@ import numpy as np
 
 from iterseg.assemble import IGNORE_LABEL
 from iterseg.dicom_series import ImageSeries, find_image_series, read_volume
-from iterseg.errors import PredictionError
+from iterseg.errors import PredictionError, SegExportError
+from iterseg.export import export_for_series
 from iterseg.layout import model_dir
 from iterseg.nnunet_env import configure_nnunet
 from iterseg.plan import read_record
-from iterseg.seg_export import export_seg
+from iterseg.seg_export import SegType
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,19 @@ def predict_inbox(
         seg_rel = Path("seg") / f"{case.case_id}.dcm"
         (staging / "labels").mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(image, str(staging / label_rel), useCompression=True)
-        export_seg(seg, case.series.datasets, labels, staging / seg_rel, description, description)
+        try:
+            export_for_series(
+                case.series,
+                image,
+                labels,
+                staging / seg_rel,
+                case.case_id,
+                SegType.BINARY,
+                description,
+                description,
+            )
+        except SegExportError as exc:
+            raise PredictionError(f"{case.folder}: {exc}") from exc
         counts = {name: int((seg == value).sum()) for name, value in labels.items() if value > 0}
         logger.info("%s: predicted %s", case.case_id, counts)
         results.append(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from iterseg import __version__
 from iterseg.dicom_codes import segment_description
@@ -15,7 +17,15 @@ from iterseg.dicom_codes import segment_description
 logger = logging.getLogger(__name__)
 
 SEG_MANUFACTURER = "iterseg"
-ALGORITHM_NAME = "iterseg nnU-Net"  # how a SEG of ours is recognised when it comes back unedited
+ALGORITHM_NAME = "iterseg"  # how a SEG of ours is recognised when it comes back unedited
+LEGACY_ALGORITHM_NAMES = ("iterseg nnU-Net",)  # written by earlier versions
+
+
+class SegType(StrEnum):
+    """DICOM SegmentationType values the exporter writes."""
+
+    BINARY = "binary"
+    LABELMAP = "labelmap"
 
 
 def export_seg(
@@ -25,6 +35,7 @@ def export_seg(
     path: Path,
     series_description: str,
     algorithm_version: str,
+    seg_type: SegType = SegType.BINARY,
 ) -> pydicom.Dataset:
     """Write ``label_map`` as a BINARY DICOM-SEG referencing ``source``.
 
@@ -42,6 +53,10 @@ def export_seg(
         SeriesDescription shown by viewers.
     algorithm_version
         Model identification (e.g. dataset and iteration) recorded in each segment.
+    seg_type
+        BINARY (default, every viewer) or LABELMAP (DICOM 2024; viewer support is young).
+        Either way the file is written Deflated Explicit VR Little Endian: 1-bit frames of
+        mostly background compress about 20-fold, and every DICOM toolkit reads deflate.
 
     """
     import highdicom as hd
@@ -55,13 +70,21 @@ def export_seg(
         version=algorithm_version[:64],
     )
     named = sorted((value, name) for name, value in labels.items() if value > 0)
-    # BINARY segments, not LABELMAP: viewers' LABELMAP support is still young.
-    stacked = np.stack([label_map == value for value, _ in named], axis=-1).astype(np.uint8)
+    # A label map of segment numbers (1..n), for BINARY too: highdicom splits it into segments
+    # itself, ~3x faster and n-fold smaller in memory than a stack of boolean masks.
+    values = np.array([value for value, _ in named])
+    if np.array_equal(values, np.arange(1, len(named) + 1)) and label_map.dtype in (np.uint8, np.uint16):
+        pixels = label_map
+    else:
+        lookup = np.zeros(int(label_map.max(initial=0)) + 1, np.uint16)
+        lookup[values[values < len(lookup)]] = np.arange(1, len(named) + 1)[values < len(lookup)]
+        pixels = lookup[label_map]
+    pixels = pixels.astype(np.uint8 if len(named) < 256 else np.uint16, copy=False)
     descriptions = [segment_description(i, name, algorithm) for i, (_, name) in enumerate(named, start=1)]
     seg = hd.seg.Segmentation(
         source_images=list(source),
-        pixel_array=stacked,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues(seg_type.value.upper()),
         segment_descriptions=descriptions,
         series_instance_uid=hd.UID(),
         series_number=900,
@@ -78,6 +101,7 @@ def export_seg(
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    seg.save_as(tmp)
+    seg.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    seg.save_as(tmp, enforce_file_format=True)
     tmp.replace(path)
     return seg
