@@ -135,3 +135,43 @@ def test_test_patients_by_fraction_are_reproducible_and_leave_training_cases() -
     assert len(choose_test_patients(["A", "B"], HoldoutSpec(fraction=0.9))) == 1  # one always trains
     assert choose_test_patients(["A"], HoldoutSpec(fraction=0.5)) == []
     assert choose_test_patients(patients, HoldoutSpec(patients=("Z9", "P002"))) == ["P002", "Z9"]
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("liver", "10200004"),
+        ("Liver_ref", "10200004"),
+        ("leftKidney", "64033007"),
+        ("Kidney_R", "64033007"),
+        ("GTV_Tumour", "108369006"),
+        ("parotid_L", "45289007"),
+        ("BrainStem", "119238007"),
+        ("SpinalCord", "2748008"),
+        ("deliver", "85756007"),  # not the liver: the generic code
+    ],
+)
+def test_built_in_terminology_matches_whole_words(name: str, code: str) -> None:
+    from iterseg.dicom_codes import terminology
+
+    assert terminology(name).type.value == code
+
+
+def test_roi_yaml_code_overrides_are_checked(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from iterseg.roi import load_roi_terms
+
+    path = tmp_path / "roi.yaml"
+    path.write_text("liver: ['^liver$']\nwidget: ['^widget$']\n")
+    with caplog.at_level("WARNING"):
+        terms = load_roi_terms(path)
+    assert terms["liver"].known and not terms["widget"].known
+    assert "'widget' has no built-in SNOMED CT code" in caplog.text
+    path.write_text("liver: {patterns: ['^liver$'], code: {value: '1'}}\n")
+    with pytest.raises(ConfigError, match="code needs value, scheme and meaning"):
+        load_roi_terms(path)
+    path.write_text("liver: {patterns: ['^liver$'], colour: [1, 2]}\n")
+    with pytest.raises(ConfigError, match=r"colour must be \[r, g, b\]"):
+        load_roi_terms(path)
+    path.write_text("liver: {regexes: ['^liver$']}\n")
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_roi_yaml(path)

@@ -140,6 +140,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         args.modality,
         out,
         args.description,
+        Path(args.roi_yaml) if args.roi_yaml else None,
     )
     write_predictions(predictions, Path(args.output))
 
@@ -351,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", default="CT", choices=["CT", "MR"])
     p.add_argument("--out", required=True, help="the iteration's results folder")
     p.add_argument("--description", required=True)
+    p.add_argument("--roi-yaml", help="coded descriptions and colours of the labels")
     p.add_argument("--output", required=True)
 
     p = _add(sub, "evaluate", cmd_evaluate, "predict the frozen test set and score Dice and NSD per label")

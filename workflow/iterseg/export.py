@@ -9,15 +9,17 @@ values are checked against the ROI YAML, and the SEG is written by ``seg_export.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from iterseg.dicom_codes import Terminology
 from iterseg.dicom_series import ImageSeries, find_image_series
 from iterseg.errors import PredictionError, SegExportError
-from iterseg.roi import label_values, load_roi_yaml
+from iterseg.roi import label_values, load_roi_terms, load_roi_yaml
 from iterseg.seg_export import SegType, export_seg
 from iterseg.series_geometry import Grid, same_grid, same_voxels, series_grid
 
@@ -152,7 +154,16 @@ def export_label_image(
     series, grid = _choose_series(reference, labels, modality, series_uid)
     values = label_values(load_roi_yaml(roi_yaml))
     return export_for_series(
-        series, labels, values, out, str(labels_path), seg_type, series_description, algorithm_version, grid
+        series,
+        labels,
+        values,
+        out,
+        str(labels_path),
+        seg_type,
+        series_description,
+        algorithm_version,
+        grid,
+        load_roi_terms(roi_yaml),
     )
 
 
@@ -166,6 +177,7 @@ def export_for_series(
     series_description: str = "iterseg segmentation",
     algorithm_version: str = "",
     grid: Grid | None = None,
+    terms: Mapping[str, Terminology] | None = None,
 ) -> ExportResult:
     """Write a SimpleITK label image as a SEG of ``series``; the workflow's predict step calls this.
 
@@ -185,6 +197,8 @@ def export_for_series(
         As for :func:`export_label_image`.
     grid
         The series' grid, if already computed.
+    terms
+        Coded description and colour per label (from the ROI YAML); default the built-in table.
 
     Raises
     ------
@@ -228,6 +242,7 @@ def export_for_series(
         series_description,
         algorithm_version,
         seg_type,
+        terms,
     )
     counts = {name: int(np.count_nonzero(array == value)) for name, value in values.items() if value > 0}
     logger.info("%s: SEG of series %s written (%s)", out, series.series_uid, counts)

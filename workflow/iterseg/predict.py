@@ -18,6 +18,7 @@ from iterseg.export import export_for_series
 from iterseg.layout import model_dir
 from iterseg.nnunet_env import configure_nnunet
 from iterseg.plan import read_record
+from iterseg.roi import load_roi_terms
 from iterseg.seg_export import SegType
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ def predict_inbox(
     modality: str,
     out: Path,
     description: str,
+    roi_yaml: Path | None = None,
 ) -> list[Prediction]:
     """Predict all inbox cases with the ensemble of ``folds`` and write NIfTI labels + DICOM-SEGs.
 
@@ -95,7 +97,10 @@ def predict_inbox(
     out
         The iteration's results folder; ``labels/`` and ``seg/`` are written there.
     description
-        SeriesDescription of the SEGs (also records the model).
+        SeriesDescription of the SEGs; with the model's dataset, trainer and folds it is the
+        algorithm version recorded in every segment.
+    roi_yaml
+        Coded descriptions and colours of the labels (default: the built-in table).
 
     Returns
     -------
@@ -112,6 +117,8 @@ def predict_inbox(
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     cases = discover_inbox(inbox, modality)
+    terms = load_roi_terms(roi_yaml) if roi_yaml else None
+    version = f"{description} {record.dataset_name} {trainer} folds {','.join(folds)}"
     folder = model_dir(work, record.dataset_name, trainer, record.plans, record.configuration)
     predictor = nnUNetPredictor(
         device=torch.device(device), perform_everything_on_device=device != "cpu", allow_tqdm=False
@@ -152,7 +159,8 @@ def predict_inbox(
                 case.case_id,
                 SegType.BINARY,
                 description,
-                description,
+                version,
+                terms=terms,
             )
         except SegExportError as exc:
             raise PredictionError(f"{case.folder}: {exc}") from exc

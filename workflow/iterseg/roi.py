@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import yaml
+from pydicom.sr.coding import Code
 
+from iterseg.dicom_codes import Terminology, terminology
 from iterseg.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 LABEL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
@@ -43,6 +49,14 @@ def load_roi_yaml(path: Path) -> dict[str, list[str]]:
                 f"{path}: label {name!r} is not usable; use letters, digits, '_' or '-', "
                 "starting with a letter, and not 'background'."
             )
+        if isinstance(patterns, dict):
+            unknown = set(patterns) - {"patterns", "code", "category", "colour"}
+            if unknown:
+                raise ConfigError(
+                    f"{path}: label {name!r}: unknown key(s) {sorted(unknown)}; use patterns, code, "
+                    "category, colour."
+                )
+            patterns = patterns.get("patterns")
         if isinstance(patterns, str):
             patterns = [patterns]
         if not isinstance(patterns, list) or not patterns or not all(isinstance(p, str) for p in patterns):
@@ -72,3 +86,50 @@ def match_roi_name(name: str, labels: dict[str, list[str]]) -> str | None:
 def label_values(labels: dict[str, list[str]]) -> dict[str, int]:
     """nnU-Net's ``labels`` mapping for dataset.json: background 0, then file order."""
     return {"background": 0, **{name: i for i, name in enumerate(labels, start=1)}}
+
+
+def _code(path: Path, name: str, key: str, data: Any) -> Code:
+    if not isinstance(data, dict) or not {"value", "scheme", "meaning"} <= set(data):
+        raise ConfigError(
+            f"{path}: label {name!r}: {key} needs value, scheme and meaning, e.g. "
+            "{value: '10200004', scheme: SCT, meaning: Liver}."
+        )
+    return Code(str(data["value"]), str(data["scheme"]), str(data["meaning"]))
+
+
+def load_roi_terms(path: Path) -> dict[str, Terminology]:
+    """Coded description and colour of every label: the ROI YAML's own, else the built-in table.
+
+    Labels the table does not know get a generic code; each is reported once (warning) with the
+    fix: ``code:`` (and ``category:``/``colour:``) under the label in the ROI YAML.
+    """
+    labels = load_roi_yaml(path)
+    data = yaml.safe_load(path.read_text())
+    terms: dict[str, Terminology] = {}
+    for name in labels:
+        entry = data[name] if isinstance(data[name], dict) else {}
+        term = terminology(name)
+        if "code" in entry:
+            category = (
+                _code(path, name, "category", entry["category"]) if "category" in entry else term.category
+            )
+            term = Terminology(category, _code(path, name, "code", entry["code"]), term.colour)
+        if "colour" in entry:
+            colour = entry["colour"]
+            if not (
+                isinstance(colour, list)
+                and len(colour) == 3
+                and all(isinstance(c, int) and 0 <= c <= 255 for c in colour)
+            ):
+                raise ConfigError(f"{path}: label {name!r}: colour must be [r, g, b] with values 0-255.")
+            term = Terminology(term.category, term.type, (colour[0], colour[1], colour[2]), term.known)
+        if not term.known:
+            logger.warning(
+                "%s: label %r has no built-in SNOMED CT code; the SEG uses the generic %s. Add "
+                "code: {value, scheme, meaning} under it in the ROI YAML to code it.",
+                path,
+                name,
+                term.type.meaning,
+            )
+        terms[name] = term
+    return terms

@@ -12,7 +12,7 @@ import pydicom
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from iterseg import __version__
-from iterseg.dicom_codes import segment_description
+from iterseg.dicom_codes import Terminology, segment_description
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ def export_seg(
     series_description: str,
     algorithm_version: str,
     seg_type: SegType = SegType.BINARY,
+    terms: Mapping[str, Terminology] | None = None,
 ) -> pydicom.Dataset:
     """Write ``label_map`` as a BINARY DICOM-SEG referencing ``source``.
 
@@ -57,6 +58,9 @@ def export_seg(
         BINARY (default, every viewer) or LABELMAP (DICOM 2024; viewer support is young).
         Either way the file is written Deflated Explicit VR Little Endian: 1-bit frames of
         mostly background compress about 20-fold, and every DICOM toolkit reads deflate.
+    terms
+        Coded category/type and colour per label name (``roi.load_roi_terms``); labels not in
+        it use the built-in table.
 
     """
     import highdicom as hd
@@ -80,7 +84,10 @@ def export_seg(
         lookup[values[values < len(lookup)]] = np.arange(1, len(named) + 1)[values < len(lookup)]
         pixels = lookup[label_map]
     pixels = pixels.astype(np.uint8 if len(named) < 256 else np.uint16, copy=False)
-    descriptions = [segment_description(i, name, algorithm) for i, (_, name) in enumerate(named, start=1)]
+    descriptions = [
+        segment_description(i, name, algorithm, (terms or {}).get(name))
+        for i, (_, name) in enumerate(named, start=1)
+    ]
     seg = hd.seg.Segmentation(
         source_images=list(source),
         pixel_array=pixels,

@@ -5,6 +5,7 @@ rule predict_inbox:
     input:
         plan="data/procdata/{dataset}/{date}__{dataset}/planned.json",
         folds=fold_records,
+        roi=roi_yaml,
     output:
         manifest="data/results/{dataset}/{date}/predictions.json",
     log:
@@ -29,4 +30,4 @@ rule predict_inbox:
         "iterseg predict --work {params.work:q} --plan-record {input.plan:q}"
         " --trainer {params.trainer:q} --folds {params.folds:q} --device {params.device:q}"
         " --inbox {params.inbox:q} --modality {params.modality:q} --out {params.out:q}"
-        " --description {params.description:q} --output {output.manifest:q} > {log:q} 2>&1"
+        " --description {params.description:q} --roi-yaml {input.roi:q} --output {output.manifest:q} > {log:q} 2>&1"
