@@ -200,3 +200,50 @@ def test_annotation_of_a_missing_series_is_refused(demo_rawdata: Path, tmp_path:
     shutil.rmtree(snap / "P001" / "CT")
     with pytest.raises(SnapshotError, match="which is not a CT series"):
         convert_snapshot(snap, tmp_path / "out", ROI)
+
+
+def test_snapshot_content_may_arrive_as_archives(demo_rawdata: Path, tmp_path: Path) -> None:
+    import tarfile
+
+    snap = _copy_snapshot(demo_rawdata, tmp_path, ["P001"])
+    with tarfile.open(snap / "P003.tar.gz", "w:gz") as tar:
+        tar.add(demo_rawdata / "2026-01-15__demo" / "P003", arcname="P003")
+    before = tree_digest(snap)
+    cases = convert_snapshot(snap, tmp_path / "work" / "converted", ROI)
+    assert sorted(c.patient_id for c in cases) == ["P001", "P003"]
+    assert tree_digest(snap) == before  # unpacked into procdata, not next to the archive
+    (p003,) = [c for c in cases if c.patient_id == "P003"]
+    assert all("/work/unpacked/P003.tar.gz/" in f for f in p003.image_files)
+
+
+@pytest.mark.parametrize("attack", ["absolute", "dotdot", "symlink-out", "too-big"])
+def test_hostile_archive_is_refused_and_nothing_is_written_outside(tmp_path: Path, attack: str) -> None:
+    import io
+    import tarfile
+
+    from iterseg.archives import extract_archive
+
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tar:
+        payload = b"x" * 1000
+        info = tarfile.TarInfo("ok/file.dcm")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+        if attack == "absolute":
+            bad = tarfile.TarInfo(str(tmp_path / "escaped.txt"))
+        elif attack == "dotdot":
+            bad = tarfile.TarInfo("../../escaped.txt")
+        elif attack == "symlink-out":
+            bad = tarfile.TarInfo("link")
+            bad.type = tarfile.SYMTYPE
+            bad.linkname = "../../../etc/passwd"
+        if attack != "too-big":
+            bad.size = 0 if attack == "symlink-out" else len(payload)
+            tar.addfile(bad, None if attack == "symlink-out" else io.BytesIO(payload))
+    dest = tmp_path / "work" / "unpacked"
+    dest.mkdir(parents=True)
+    with pytest.raises(SnapshotError, match=r"evil\.tar") as info:
+        extract_archive(archive, dest, max_bytes=100 if attack == "too-big" else 10**6)
+    assert ("GiB" in str(info.value)) == (attack == "too-big")
+    assert list(dest.iterdir()) == []  # nothing half-unpacked
+    assert not list(tmp_path.rglob("escaped.txt"))

@@ -320,6 +320,12 @@ def third_run(demo_run: dict) -> dict:
     ct = write_ct_series(phantom, third / "P012" / "CT")
     _, masks = phantom_arrays(annotated(phantom, 1.0))
     write_seg(phantom, ct, third / "P012" / "SEG" / "seg.dcm", masks, "v1")
+    # a case that arrives as NIfTI only (no DICOM): predicted, without a SEG
+    (ct,) = find_image_series(raw / "inbox" / "P101", "CT")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(f) for f in ct.files])
+    (raw / "inbox" / "P104N").mkdir()
+    sitk.WriteImage(reader.Execute(), str(raw / "inbox" / "P104N" / "ct.nii.gz"))
     latest_manifest = json.loads((project / "data/results/demo/latest/manifest.json").read_text())
     run = snakemake(project, gate=GATE_STRICT)
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-5000:]
@@ -342,6 +348,19 @@ def test_only_the_new_series_is_converted(third_run: dict) -> None:
     p008 = next(c for c in cases if c["patient_id"] == "P008")
     earlier = procdata(project, SECOND) / "converted" / p008["label"]
     assert os.path.samefile(procdata(project, THIRD) / "converted" / p008["label"], earlier)
+
+
+def test_nifti_inbox_case_gets_a_nifti_prediction_only(third_run: dict) -> None:
+    results = third_run["project"] / f"data/results/demo/{THIRD}"
+    predictions = {p["case_id"]: p for p in json.loads((results / "predictions.json").read_text())}
+    assert set(predictions) == {"P101", "P102", "P103", "P104N"}
+    assert predictions["P104N"]["seg"] is None and not (results / "seg" / "P104N.dcm").exists()
+    label = sitk.ReadImage(str(results / predictions["P104N"]["label"]))
+    source = sitk.ReadImage(str(third_run["project"] / "data/rawdata/demo/inbox/P104N/ct.nii.gz"))
+    assert label.GetSize() == source.GetSize() and label.GetOrigin() == source.GetOrigin()
+    # the same image as DICOM (P101) and as NIfTI gets the same prediction
+    p101 = sitk.GetArrayFromImage(sitk.ReadImage(str(results / predictions["P101"]["label"])))
+    assert np.array_equal(sitk.GetArrayFromImage(label), p101) and p101.any()
 
 
 def test_gated_out_iteration_leaves_latest_and_says_why(third_run: dict) -> None:

@@ -135,15 +135,18 @@ def _datetime(ds: pydicom.Dataset) -> str:
     return ""
 
 
-def scan_series(folder: Path) -> list[SeriesInfo]:
-    """Group the DICOM files under ``folder`` by series, reading headers only.
+def scan_series(folder: Path, *more: Path) -> list[SeriesInfo]:
+    """Group the DICOM files under ``folder`` (and ``more`` folders) by series, reading headers only.
 
-    Non-DICOM files are ignored (researchers' notes, OS metadata files).
+    Non-DICOM files are ignored (researchers' notes, OS metadata files, archives).
     """
     files: dict[str, list[Path]] = defaultdict(list)
     sops: dict[str, list[str]] = defaultdict(list)
     headers: dict[str, pydicom.Dataset] = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    paths = sorted(
+        p for root in (folder, *more) for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
+    )
+    for path in paths:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, OSError):
@@ -251,6 +254,7 @@ def select_annotations(
     allow_unrefined: bool = False,
     duplicates: DuplicateRule = DuplicateRule.ERROR,
     earlier_images: dict[str, SeriesInfo] | None = None,
+    unpacked: list[Path] | None = None,
 ) -> tuple[dict[str, Selection], list[ExcludedAnnotation]]:
     """Image series that must come out of the conversion, each with its single annotation.
 
@@ -267,6 +271,8 @@ def select_annotations(
     earlier_images
         Image series of earlier snapshots by UID, so a snapshot may bring a refined annotation
         without repeating the images it annotates.
+    unpacked
+        Folders holding the snapshot's unpacked archives, scanned with it.
 
     Returns
     -------
@@ -281,7 +287,7 @@ def select_annotations(
         and no rule decides.
 
     """
-    series = scan_series(snapshot)
+    series = scan_series(snapshot, *(unpacked or []))
     images = {s.series_uid: s for s in series if s.modality == modality}
     annotations = [s for s in series if s.modality in {k.value for k in AnnotationKind}]
     if not annotations:

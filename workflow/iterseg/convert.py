@@ -31,6 +31,7 @@ from iterseg.annotations import (
     present_labels,
     select_annotations,
 )
+from iterseg.archives import unpack_snapshot_archives
 from iterseg.convert_check import RTSTRUCT_TOLERANCE, RoiCheck, check_case
 from iterseg.errors import ConversionError, SnapshotError
 from iterseg.roi import label_values, load_roi_yaml
@@ -92,8 +93,12 @@ def reuse_key(image_hash: str, annotation_hash: str, roi_yaml: Path, modality: s
 def _staged_path(file: Path, snapshot: Path, image: SeriesInfo) -> Path:
     try:
         return file.resolve().relative_to(snapshot.resolve())
-    except ValueError:  # an image series of an earlier snapshot, annotated anew here
-        return Path(image.patient_id or "anon") / f"earlier-{image.series_uid[-12:]}" / file.name
+    except ValueError:  # from an earlier snapshot, or unpacked from an archive
+        return (
+            Path(image.patient_id or "anon")
+            / f"outside-{hashlib.sha1(str(file.parent).encode()).hexdigest()[:10]}"
+            / file.name
+        )
 
 
 def stage_selection(snapshot: Path, selections: list[Selection], staged: Path) -> Path:
@@ -366,7 +371,10 @@ def convert_snapshot(
     """
     roi_labels = load_roi_yaml(roi_yaml)
     earlier, earlier_images = _earlier_index(reuse_from or [])
-    selected, excluded = select_annotations(snapshot, modality, allow_unrefined, duplicates, earlier_images)
+    unpacked = unpack_snapshot_archives(snapshot, out.parent / "unpacked")
+    selected, excluded = select_annotations(
+        snapshot, modality, allow_unrefined, duplicates, earlier_images, unpacked
+    )
     if out.exists():
         shutil.rmtree(out)
     (out / "cases").mkdir(parents=True)

@@ -24,13 +24,17 @@ from iterseg.seg_export import SegType
 logger = logging.getLogger(__name__)
 
 
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
 @dataclass(frozen=True)
 class InboxCase:
-    """One image series to predict."""
+    """One image to predict: a DICOM series, or a NIfTI file for cases that come without DICOM."""
 
     case_id: str
     folder: Path
-    series: ImageSeries
+    series: ImageSeries | None = None
+    nifti: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,7 @@ class Prediction:
     patient_id: str
     series_uid: str
     label: str
-    seg: str
+    seg: str | None  # None for NIfTI inputs: a SEG needs the DICOM series it annotates
     voxels_per_label: dict[str, int]
 
 
@@ -49,6 +53,8 @@ def discover_inbox(inbox: Path, modality: str) -> list[InboxCase]:
     """One case per ``modality`` image series in each sub-folder of ``inbox``.
 
     A folder with one series gives case ``<folder>``; with several, ``<folder>_S<SeriesNumber>``.
+    A folder without DICOM series but with NIfTI files gives one case per file
+    (``<folder>``, or ``<folder>_<file stem>`` for several): they get a NIfTI prediction only.
     """
     if not inbox.is_dir():
         logger.warning("%s: no inbox folder; nothing to predict", inbox)
@@ -56,15 +62,21 @@ def discover_inbox(inbox: Path, modality: str) -> list[InboxCase]:
     cases = []
     for folder in sorted(p for p in inbox.iterdir() if p.is_dir() and not p.name.startswith(".")):
         series = find_image_series(folder, modality)
-        if not series:
-            logger.warning("%s: no %s series found; skipped", folder, modality)
         base = re.sub(r"[^A-Za-z0-9_-]+", "-", folder.name)
+        if not series:
+            niftis = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
+            if not niftis:
+                logger.warning("%s: no %s series or NIfTI image found; skipped", folder, modality)
+            for nifti in niftis:
+                stem = re.sub(r"[^A-Za-z0-9_-]+", "-", nifti.name.split(".nii")[0])
+                cases.append(InboxCase(base if len(niftis) == 1 else f"{base}_{stem}", folder, nifti=nifti))
+                logger.info("%s: NIfTI input, no DICOM: predicted as NIfTI only (no SEG)", nifti)
         for s in series:
             number = getattr(s.datasets[0], "SeriesNumber", None)
             cid = (
                 base if len(series) == 1 else f"{base}_S{number if number is not None else s.series_uid[-6:]}"
             )
-            cases.append(InboxCase(cid, folder, s))
+            cases.append(InboxCase(cid, folder, series=s))
     return cases
 
 
@@ -136,9 +148,22 @@ def predict_inbox(
     results: list[Prediction] = []
     for case in tqdm(cases, desc="predict", unit="case", disable=None):
         try:
-            array, geometry = read_volume(case.series)
+            if case.series is not None:
+                array, geometry = read_volume(case.series)
+            else:
+                source = sitk.ReadImage(str(case.nifti))
+                array = sitk.GetArrayFromImage(source)
+                geometry = {
+                    "spacing": source.GetSpacing(),
+                    "origin": source.GetOrigin(),
+                    "direction": source.GetDirection(),
+                }
         except RuntimeError as exc:
-            raise PredictionError(f"{case.folder}: SimpleITK could not read the series ({exc}).") from exc
+            raise PredictionError(
+                f"{case.nifti or case.folder}: SimpleITK could not read it ({exc})."
+            ) from exc
+        if array.ndim != 3:
+            raise PredictionError(f"{case.nifti or case.folder}: expected a 3D image, got {array.ndim}D.")
         props = {"spacing": list(geometry["spacing"])[::-1]}
         seg = predictor.predict_single_npy_array(array[None].astype(np.float32), props, None, None, False)
         seg = np.asarray(seg, dtype=np.uint8)
@@ -147,21 +172,22 @@ def predict_inbox(
         image.SetOrigin(geometry["origin"])
         image.SetDirection(geometry["direction"])
         label_rel = Path("labels") / f"{case.case_id}.nii.gz"
-        seg_rel = Path("seg") / f"{case.case_id}.dcm"
         (staging / "labels").mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(image, str(staging / label_rel), useCompression=True)
+        seg_rel = None if case.series is None else Path("seg") / f"{case.case_id}.dcm"
         try:
-            export_for_series(
-                case.series,
-                image,
-                labels,
-                staging / seg_rel,
-                case.case_id,
-                SegType.BINARY,
-                description,
-                version,
-                terms=terms,
-            )
+            if case.series is not None and seg_rel is not None:
+                export_for_series(
+                    case.series,
+                    image,
+                    labels,
+                    staging / seg_rel,
+                    case.case_id,
+                    SegType.BINARY,
+                    description,
+                    version,
+                    terms=terms,
+                )
         except SegExportError as exc:
             raise PredictionError(f"{case.folder}: {exc}") from exc
         counts = {name: int((seg == value).sum()) for name, value in labels.items() if value > 0}
@@ -169,10 +195,10 @@ def predict_inbox(
         results.append(
             Prediction(
                 case.case_id,
-                case.series.patient_id,
-                case.series.series_uid,
+                case.series.patient_id if case.series else "",
+                case.series.series_uid if case.series else "",
                 str(label_rel),
-                str(seg_rel),
+                str(seg_rel) if seg_rel else None,
                 counts,
             )
         )

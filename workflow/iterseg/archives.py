@@ -1,0 +1,87 @@
+"""Snapshot content that arrives as ``.tar`` / ``.tar.gz`` archives, unpacked safely.
+
+Archives are unpacked into the iteration's procdata folder (rawdata stays read-only) with
+Python's ``data`` extraction filter, which refuses absolute paths, ``..``, links pointing out
+of the folder and device files; on top of it the total size and member count are bounded
+before anything is written, and each archive is unpacked into a temporary folder that is only
+renamed into place when every member passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tarfile
+from pathlib import Path
+
+from iterseg.errors import SnapshotError
+
+logger = logging.getLogger(__name__)
+
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+MAX_BYTES = 50 * 2**30  # a generous bound on what one snapshot's archives may unpack to
+MAX_MEMBERS = 500_000
+
+
+def find_archives(snapshot: Path) -> list[Path]:
+    """Archives anywhere in the snapshot, in name order."""
+    return sorted(p for p in snapshot.rglob("*") if p.is_file() and p.name.endswith(ARCHIVE_SUFFIXES))
+
+
+def _check(archive: Path, members: list[tarfile.TarInfo], max_bytes: int) -> None:
+    if len(members) > MAX_MEMBERS:
+        raise SnapshotError(
+            f"{archive}: {len(members)} members, more than {MAX_MEMBERS}; unpack it yourself."
+        )
+    absolute = [m.name for m in members if m.name.startswith(("/", "\\")) or ":" in m.name.split("/")[0]]
+    if absolute:
+        # the data filter would quietly strip the leading "/": refuse instead, the archive is odd
+        raise SnapshotError(f"{archive}: absolute member path(s) {absolute[:3]}; repack with relative paths.")
+    total = sum(m.size for m in members if m.isfile())
+    if total > max_bytes:
+        raise SnapshotError(
+            f"{archive}: would unpack to {total / 2**30:.1f} GiB, more than the {max_bytes / 2**30:.1f} GiB "
+            "allowed; unpack it into the snapshot folder yourself."
+        )
+
+
+def extract_archive(archive: Path, dest: Path, max_bytes: int = MAX_BYTES) -> Path:
+    """Unpack ``archive`` into ``dest/<archive name>``; return that folder.
+
+    Raises
+    ------
+    SnapshotError
+        If the archive is unreadable, too large, or holds a member that would land outside the
+        folder (absolute path, ``..``, a link leaving it, a device); nothing is left behind.
+
+    """
+    target = dest / archive.name
+    partial = dest / f".{archive.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()
+            _check(archive, members, max_bytes)
+            partial.mkdir(parents=True)
+            tar.extractall(partial, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise SnapshotError(
+            f"{archive}: refused to unpack ({type(exc).__name__}: {exc}). Archives may only hold plain "
+            "files and folders below their own root; repack it, or unpack it into the snapshot yourself."
+        ) from exc
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    logger.info("%s: unpacked %d member(s) into %s", archive, len(members), target)
+    return target
+
+
+def unpack_snapshot_archives(snapshot: Path, dest: Path, max_bytes: int = MAX_BYTES) -> list[Path]:
+    """Unpack every archive of ``snapshot`` into ``dest`` (replaced); return the unpacked folders."""
+    archives = find_archives(snapshot)
+    shutil.rmtree(dest, ignore_errors=True)
+    if not archives:
+        return []
+    if len({a.name for a in archives}) != len(archives):
+        raise SnapshotError(f"{snapshot}: two archives share a file name; rename one.")
+    return [extract_archive(a, dest, max_bytes) for a in archives]
