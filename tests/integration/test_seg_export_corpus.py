@@ -220,6 +220,28 @@ def test_cli_bad_input_is_one_line_and_non_zero(tmp_path: Path) -> None:
         assert run.returncode == 2 and message in run.stderr
         assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
         assert not (tmp_path / "out.dcm").exists()
+    garbage = tmp_path / "not-dicom"
+    garbage.mkdir()
+    (garbage / "slice1.dcm").write_bytes(b"\x00" * 300)
+    run = subprocess.run(
+        [
+            str(BIN / "iterseg"),
+            "export-seg",
+            "--reference",
+            str(garbage),
+            "--labels",
+            str(labels_file),
+            "--roi-yaml",
+            str(roi),
+            "--out",
+            str(tmp_path / "out.dcm"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 2 and "no readable CT/MR/PT image series" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
     shutil.rmtree(tmp_path / "series")
     write_series(SeriesSpec(tilt=0.8), tmp_path / "series")
     run = subprocess.run(
