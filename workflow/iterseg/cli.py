@@ -275,6 +275,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plan-record", required=True)
     parser.add_argument("--trainer", required=True)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu", "mps"])
+    parser.add_argument("--gpus", nargs="+", help="claim one free GPU of these for the step (workstation)")
+    parser.add_argument("--gpu-lock-dir", default="/tmp/iterseg-gpu-locks", help="folder of the GPU locks")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -438,7 +440,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose, args.quiet)
     try:
-        args.func(args)
+        if getattr(args, "gpus", None):
+            from iterseg.gpus import claim_gpu
+
+            # before any torch import: the step then sees only its own GPU, as cuda:0
+            with claim_gpu(args.gpus, Path(args.gpu_lock_dir)):
+                args.func(args)
+        else:
+            args.func(args)
     except IterSegError as exc:
         if args.verbose:
             logger.exception("iterseg %s failed", args.command)

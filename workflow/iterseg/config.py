@@ -62,6 +62,8 @@ class NnunetSettings:
     first_iteration: Schedule | None = None
     fine_tuning: Schedule | None = None
     plans_overrides: Mapping[str, Any] | None = None
+    gpus: tuple[str, ...] | None = None  # None: detect at start-up ("auto")
+    gpu_lock_dir: Path = Path("/tmp/iterseg-gpu-locks")
 
     def schedule(self, first: bool) -> Schedule:
         """The trainer settings of the first iteration (``first``) or of fine-tuning ones."""
@@ -165,6 +167,8 @@ def load_settings(config: dict[str, Any], config_dir: Path = Path("config")) -> 
             first_iteration=_schedule(nn["first_iteration"], nn["trainer"]),
             fine_tuning=_schedule(nn["fine_tuning"], nn["trainer"]),
             plans_overrides=dict(nn["plans_overrides"]),
+            gpus=None if nn["gpus"] == "auto" else tuple(str(g) for g in nn["gpus"]),
+            gpu_lock_dir=Path(nn["gpu_lock_dir"]),
         ),
         max_dice_drop=config["promotion"]["max_dice_drop"],
         raw=json.loads(json.dumps(config, default=str)),

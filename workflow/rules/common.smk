@@ -14,6 +14,7 @@ import json
 
 from iterseg.config import load_settings
 from iterseg.errors import IterSegError
+from iterseg.gpus import detect_gpus
 from iterseg.snapshots import discover_snapshots, nnunet_dataset_name
 
 try:
@@ -31,6 +32,11 @@ shell.prefix(f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:\"$PA
 NN = SETTINGS.nnunet
 RAW = str(SETTINGS.rawdata)
 TRAIN_GPUS = 1 if NN.device == "cuda" else 0
+# Jobs claim one of these GPUs each (iterseg.gpus); none (CPU, or a SLURM login node) -> no claim.
+GPUS = (NN.gpus if NN.gpus is not None else tuple(detect_gpus())) if NN.device == "cuda" else ()
+GPU_ARGS = (
+    f"--gpus {' '.join(GPUS)} --gpu-lock-dir {shlex.quote(str(NN.gpu_lock_dir))}" if GPUS else ""
+)
 
 if not SETTINGS.datasets:
     logger.warning(

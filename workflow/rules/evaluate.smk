@@ -22,10 +22,11 @@ rule evaluate_test:
         trainer=trainer,
         folds=NN.folds,
         device=NN.device,
+        gpus=GPU_ARGS,
         tolerance=nsd_tolerance,
         out=results_dir,
     shell:
         "iterseg evaluate --work {params.work:q} --plan-record {input.plan:q}"
-        " --trainer {params.trainer:q} --folds {params.folds:q} --device {params.device:q}"
+        " --trainer {params.trainer:q} --folds {params.folds:q} --device {params.device:q} {params.gpus}"
         " --assembled {input.assembled:q} --nsd-tolerance-mm {params.tolerance:q}"
         " --out {params.out:q} --output {output.metrics:q} > {log:q} 2>&1"

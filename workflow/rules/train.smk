@@ -21,8 +21,9 @@ rule train_fold:
         trainer=trainer,
         schedule=schedule_args,
         device=NN.device,
+        gpus=GPU_ARGS,
         pretrained=pretrained_arg,
     shell:
         "iterseg train --work {params.work:q} --plan-record {input.plan:q}"
-        " --trainer {params.trainer:q} --fold {wildcards.fold:q} --device {params.device:q}"
+        " --trainer {params.trainer:q} --fold {wildcards.fold:q} --device {params.device:q} {params.gpus}"
         " --threads {threads} {params.pretrained} {params.schedule} --output {output.record:q} > {log:q} 2>&1"

@@ -1,0 +1,72 @@
+"""GPU slots are claimed with real file locks by real processes (no GPU needed)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import pytest
+from iterseg.errors import TrainingError
+from iterseg.gpus import claim_gpu
+
+pytestmark = pytest.mark.unit
+
+
+def _job(lock_dir: str, gpus: list[str], out: str, name: str) -> None:
+    with claim_gpu(gpus, Path(lock_dir), poll_s=0.05) as gpu:
+        start = time.monotonic()
+        visible = os.environ["CUDA_VISIBLE_DEVICES"]
+        time.sleep(0.4)
+        end = time.monotonic()
+    Path(out, f"{name}.json").write_text(
+        json.dumps({"gpu": gpu, "visible": visible, "start": start, "end": end})
+    )
+
+
+def test_more_jobs_than_gpus_all_run_never_two_on_one_gpu(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    jobs = [
+        ctx.Process(target=_job, args=(str(tmp_path / "locks"), ["0", "1"], str(tmp_path), f"fold{i}"))
+        for i in range(5)
+    ]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(60)
+    assert [job.exitcode for job in jobs] == [0] * 5
+    runs = [json.loads((tmp_path / f"fold{i}.json").read_text()) for i in range(5)]
+    assert all(r["visible"] == r["gpu"] for r in runs)
+    assert {r["gpu"] for r in runs} == {"0", "1"}
+    for gpu in ("0", "1"):
+        spans = sorted((r["start"], r["end"]) for r in runs if r["gpu"] == gpu)
+        assert all(a_end <= b_start for (_, a_end), (b_start, _) in itertools.pairwise(spans))
+    # both GPUs were busy at the same time at least once: the slots run concurrently
+    first = {r["gpu"]: min(x["start"] for x in runs if x["gpu"] == r["gpu"]) for r in runs}
+    assert abs(first["0"] - first["1"]) < 0.3
+
+
+def test_a_crashed_holder_frees_its_gpu(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    holder = ctx.Process(target=_job, args=(str(tmp_path / "locks"), ["0"], str(tmp_path), "held"))
+    holder.start()
+    time.sleep(0.2)
+    holder.kill()
+    holder.join()
+    with claim_gpu(["0"], tmp_path / "locks", wait_s=5, poll_s=0.05) as gpu:
+        assert gpu == "0" and os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ or os.environ["CUDA_VISIBLE_DEVICES"] != "0"
+
+
+def test_no_gpu_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match=r"nnunet\.gpus"), claim_gpu([], tmp_path):
+        pass
+    with (
+        claim_gpu(["3"], tmp_path),
+        pytest.raises(TrainingError, match="became free"),
+        claim_gpu(["3"], tmp_path, wait_s=0.2, poll_s=0.05),
+    ):
+        pass

@@ -1,0 +1,50 @@
+"""On a GPU workstation every GPU step claims its own GPU; on a CPU machine none does."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+pytestmark = pytest.mark.workflow
+
+
+def _dry_run(project: Path, extra: str) -> str:
+    (project / "extra.yaml").write_text(extra)
+    run = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "snakemake"),
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(project),
+            "--configfile",
+            str(project / "config/demo.yaml"),
+            str(project / "extra.yaml"),
+            "-n",
+            "-p",
+            "--forceall",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run.stdout
+
+
+def test_gpu_steps_claim_one_of_the_listed_gpus(demo_rawdata: Path, tmp_path: Path) -> None:
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    shutil.copytree(demo_rawdata, tmp_path / "data/rawdata/demo")
+    gpu = _dry_run(tmp_path, "nnunet:\n  device: cuda\n  gpus: [0, 1]\n  folds: [0, 1, 2]\n")
+    commands = [line for line in gpu.splitlines() if line.startswith("Shell command: iterseg")]
+    steps = {c.split()[3] for c in commands if "--gpus 0 1 --gpu-lock-dir /tmp/iterseg-gpu-locks" in c}
+    assert steps == {"train", "predict", "evaluate"}
+    assert sum(" train " in c for c in commands) == 6  # 3 folds x 2 iterations: none dropped
+    cpu = _dry_run(tmp_path, "nnunet:\n  device: cpu\n  gpus: [0, 1]\n")
+    assert "--gpus" not in cpu

@@ -1,0 +1,93 @@
+"""One GPU per job on a workstation, claimed with a file lock and pinned via CUDA_VISIBLE_DEVICES.
+
+The variable is set before torch starts.
+
+Snakemake's ``gpu`` resource only counts GPUs; it does not say which one a job may use, so
+two folds started together would both land on GPU 0. Each job therefore claims a slot (an
+``flock`` on ``<lock dir>/gpu<N>.lock``) for as long as it runs. With more jobs than GPUs the
+extra ones wait for a slot: no job is dropped and no GPU runs two. The kernel releases a lock
+when its process ends, however it ends, so a crashed fold never leaves a GPU blocked.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from iterseg.errors import TrainingError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LOCK_DIR = Path("/tmp/iterseg-gpu-locks")
+
+
+def detect_gpus() -> list[str]:
+    """GPU indices from ``nvidia-smi -L`` (without importing torch); empty when there are none."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    run = subprocess.run([exe, "-L"], capture_output=True, text=True, check=False, timeout=30)
+    return [str(i) for i, line in enumerate(run.stdout.splitlines()) if line.startswith("GPU ")]
+
+
+@contextmanager
+def claim_gpu(
+    gpus: Sequence[str], lock_dir: Path = DEFAULT_LOCK_DIR, wait_s: float = 7 * 24 * 3600, poll_s: float = 2.0
+) -> Iterator[str]:
+    """Hold one free GPU of ``gpus`` for the duration of the block; yields its index.
+
+    ``CUDA_VISIBLE_DEVICES`` is set to it (so torch sees it as ``cuda:0``) and restored after.
+
+    Raises
+    ------
+    TrainingError
+        If ``gpus`` is empty, or no GPU became free within ``wait_s`` seconds.
+
+    """
+    if not gpus:
+        raise TrainingError(
+            "no GPU to claim: set nnunet.gpus, or nnunet.device: cpu on a machine without GPUs."
+        )
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
+    waited = False
+    while True:
+        for gpu in gpus:
+            handle = (lock_dir / f"gpu{gpu}.lock").open("a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            before = os.environ.get("CUDA_VISIBLE_DEVICES")
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            logger.info("claimed GPU %s (lock %s)", gpu, lock_dir / f"gpu{gpu}.lock")
+            try:
+                yield gpu
+            finally:
+                if before is None:
+                    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+                else:
+                    os.environ["CUDA_VISIBLE_DEVICES"] = before
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+            return
+        if time.monotonic() > deadline:
+            raise TrainingError(
+                f"no GPU of {list(gpus)} became free within {wait_s:.0f} s (locks in {lock_dir})."
+            )
+        if not waited:
+            logger.info("all of GPUs %s are busy; waiting for one", list(gpus))
+            waited = True
+        time.sleep(poll_s)
