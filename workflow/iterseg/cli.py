@@ -94,8 +94,17 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     """Train one fold; fine-tune from the previous iteration when given."""
+    import os
+
     from iterseg.train import train_fold
 
+    if os.environ.get("SLURM_JOB_ID") or os.environ.get("CUDA_VISIBLE_DEVICES"):
+        logger.info(
+            "fold %s: SLURM job %s, CUDA_VISIBLE_DEVICES=%s",
+            args.fold,
+            os.environ.get("SLURM_JOB_ID", "-"),
+            os.environ.get("CUDA_VISIBLE_DEVICES", "-"),
+        )
     pretrained = None
     if args.pretrained_from:
         pretrained = Path(json.loads(Path(args.pretrained_from).read_text())["checkpoint"])

@@ -15,4 +15,15 @@ spec="."
 # torch/torchvision pins: see workflow/constraints.txt and the README (torchvision must match
 # torch, or nnU-Net's trainer lookup crashes on import).
 .venv/bin/python -m pip install --quiet -c workflow/constraints.txt -e "$spec"
+# The test suite brings up a real single-node SLURM (tests/slurm_cluster.py) from Debian's
+# packages; install them when setting up for tests as root (CI). Elsewhere, say what is missing.
+if [[ ",${EXTRAS:-}," == *",test,"* ]] && ! command -v slurmctld >/dev/null 2>&1 && [ ! -x /usr/sbin/slurmctld ]; then
+  slurm_pkgs=(slurmctld slurmd slurm-client slurm-wlm-basic-plugins munge)
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq "${slurm_pkgs[@]}" >/dev/null || { apt-get update -qq && apt-get install -y -qq "${slurm_pkgs[@]}" >/dev/null; }
+  else
+    echo "setup: the SLURM tests need: apt-get install ${slurm_pkgs[*]} (as root)" >&2
+  fi
+fi
 .venv/bin/iterseg --version
