@@ -87,7 +87,8 @@ def start(root: Path, gpus: int = 2, min_job_age: int = 600) -> LocalSlurm:
     etc = Path("/etc/slurm")
     etc.mkdir(parents=True, exist_ok=True)
     conf, gres = etc / "slurm.conf", etc / "gres.conf"
-    if conf.exists() or gres.exists():
+    if conf.exists() and "ClusterName=iterseg-test" not in conf.read_text():
+        # a leftover of an interrupted test run is ours to replace; a real site's is not
         raise RuntimeError(
             f"{etc} already holds a SLURM configuration; not overwriting it for a test cluster"
         )
