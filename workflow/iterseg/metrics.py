@@ -116,14 +116,17 @@ def surface_dice(
     structure = ndimage.generate_binary_structure(ref.ndim, ref.ndim)
     ref_surface = _surface(ref, structure)
     pred_surface = _surface(pred, structure)
-    # Distance of every voxel to the nearest boundary voxel of the other mask. All boundary voxels
-    # lie inside the crop, so these distances equal those on the uncropped grid.
-    to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=sampling)
-    to_ref = ndimage.distance_transform_edt(~ref_surface, sampling=sampling)
+    # Nearest boundary voxel of the other mask, in mm, found with a k-d tree over boundary voxels
+    # only: an order of magnitude faster than distance transforms over the whole crop when an
+    # organ fills most of the volume, and the same Euclidean distances between voxel centres.
+    from scipy.spatial import cKDTree
+
     limit = tolerance_mm + _TOLERANCE_SLACK_MM
-    matched = int(np.count_nonzero(to_pred[ref_surface] <= limit)) + int(
-        np.count_nonzero(to_ref[pred_surface] <= limit)
-    )
+    ref_points = np.argwhere(ref_surface) * np.asarray(sampling)
+    pred_points = np.argwhere(pred_surface) * np.asarray(sampling)
+    to_pred, _ = cKDTree(pred_points).query(ref_points, distance_upper_bound=limit)
+    to_ref, _ = cKDTree(ref_points).query(pred_points, distance_upper_bound=limit)
+    matched = int(np.count_nonzero(to_pred <= limit)) + int(np.count_nonzero(to_ref <= limit))
     total = int(np.count_nonzero(ref_surface)) + int(np.count_nonzero(pred_surface))
     return matched / total
 
