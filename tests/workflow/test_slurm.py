@@ -90,3 +90,45 @@ def test_each_fold_is_one_gpu_job_on_slurm(
         assert match, log[-2000:]
         seen.add(match.group(1))
     assert len(seen) == 2  # one SLURM job per fold
+
+
+def test_iterseg_submit_runs_snakemake_as_one_slurm_job(
+    cluster: slurm_cluster.LocalSlurm, demo_rawdata: Path, tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(REPO / "config", project / "config")
+    shutil.copytree(demo_rawdata, project / "data/rawdata/demo")
+    env = {**cluster.env, "PATH": f"{Path(sys.executable).parent}:{cluster.env.get('PATH', '')}"}
+    iterseg = str(Path(sys.executable).parent / "iterseg")
+
+    def submit(target: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                "timeout", "-s", "KILL", "600",
+                iterseg, "submit", "--partition", "debug", "--wait", "--log-dir", str(tmp_path / "submitit"),
+                "--", "--snakefile", str(REPO / "Snakefile"), "--directory", str(project), target,
+                "--cores", "1", "--configfile", str(project / "config/demo.yaml"),
+            ],
+            capture_output=True, text=True, env=env, check=False, cwd=project,
+        )  # fmt: skip
+
+    run = submit(f"{FIRST}/converted/cases.json")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    job_id = re.search(r"SLURM job (\d+); log (\S+)", run.stdout)
+    assert job_id and Path(job_id.group(2)).is_file()
+    assert (project / FIRST / "converted/cases.json").is_file()
+    state = subprocess.run(
+        ["scontrol", "show", "job", "-o", job_id.group(1)],
+        capture_output=True,
+        text=True,
+        env=cluster.env,
+        check=True,
+    ).stdout
+    assert "JobName=iterseg" in state and "JobState=COMPLETED" in state and "Partition=debug" in state
+    failed = submit("data/procdata/demo/no-such-target.json")
+    assert failed.returncode == 2 and "(snakemake) failed; see" in failed.stderr
+    # one error line, no traceback (submitit also warns that sacct is unavailable: no accounting)
+    assert [line for line in failed.stderr.splitlines() if " ERROR " in line] == [
+        failed.stderr.strip().splitlines()[-1]
+    ]
+    assert "Traceback" not in failed.stderr

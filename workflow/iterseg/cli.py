@@ -253,6 +253,19 @@ def cmd_export_seg(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_submit(args: argparse.Namespace) -> None:
+    """Run snakemake as one SLURM job (it submits the fold jobs with the SLURM profile)."""
+    from iterseg.cluster import submit_controller
+
+    extra = list(args.snakemake_args)
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    job = submit_controller(
+        extra, Path(args.log_dir), args.partition, args.account, args.time, args.mem_gb, args.cpus, args.wait
+    )
+    sys.stdout.write(f"SLURM job {job.job_id}; log {job.log}\n")
+
+
 def cmd_status(args: argparse.Namespace) -> None:
     """Print the dataset's iterations."""
     from iterseg.promote import status_table
@@ -418,6 +431,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--algorithm-version", default="manual export", help="model identification recorded in each segment"
     )
+
+    p = _add(
+        sub,
+        "submit",
+        cmd_submit,
+        "run the workflow as one SLURM job from a login node (submitit); arguments after -- go to snakemake",
+    )
+    p.add_argument("--partition", help="partition of the controller job (default: the cluster's)")
+    p.add_argument("--account", help="account of the controller job")
+    p.add_argument("--time", type=int, default=2880, help="minutes the controller may run")
+    p.add_argument("--mem-gb", type=int, default=4)
+    p.add_argument("--cpus", type=int, default=1)
+    p.add_argument("--log-dir", default="data/results/.submitit", help="the job's script, output and result")
+    p.add_argument("--wait", action="store_true", help="wait for the job; fail if snakemake failed")
+    p.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="-- then snakemake's arguments")
 
     p = _add(sub, "status", cmd_status, "table of a dataset's finished iterations and which is `latest`")
     p.add_argument("dataset")
