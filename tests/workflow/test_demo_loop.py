@@ -125,7 +125,7 @@ def test_second_iteration_trains_on_all_snapshots_newest_annotation_winning(demo
     assert by_patient["P001"]["snapshot"] == SECOND and by_patient["P003"]["snapshot"] == FIRST
     # the refined SEG of P001 supersedes the first snapshot's annotation of the same image series
     (old,) = by_patient["P001"]["superseded"]
-    assert old["snapshot"] == FIRST and old["same_content"] == "false"
+    assert old["snapshot"] == FIRST and old["same_content"] is False
     assert old["annotation_series_uid"] != by_patient["P001"]["annotation_series_uid"]
     assert {p for p, c in by_patient.items() if c["change"] == "refined"} == {"P001", "P002", "P004"}
     assert record["summary"]["new"] == 4 and record["summary"]["refined"] == 3

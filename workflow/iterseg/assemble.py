@@ -88,10 +88,10 @@ def _write_with_ignore(src: Path, dst: Path, ignore_value: int) -> int:
 
 def _choose(
     converted_dirs: list[Path],
-) -> tuple[dict[str, tuple[Path, ConvertedCase]], dict[str, list[dict[str, str]]]]:
+) -> tuple[dict[str, tuple[Path, ConvertedCase]], dict[str, list[dict[str, Any]]]]:
     """Newest annotation per image series, and what each superseded."""
     chosen: dict[str, tuple[Path, ConvertedCase]] = {}
-    superseded: dict[str, list[dict[str, str]]] = {}
+    superseded: dict[str, list[dict[str, Any]]] = {}
     for folder in converted_dirs:
         for case in read_cases(folder):
             if case.case_id in chosen:
@@ -103,7 +103,7 @@ def _choose(
                         "annotation_kind": old.annotation_kind,
                         "annotation_series_uid": old.annotation_series_uid,
                         "annotation_hash": old.annotation_hash,
-                        "same_content": str(same).lower(),
+                        "same_content": same,
                     }
                 )
                 logger.info(
@@ -269,7 +269,7 @@ def assemble_dataset(
         "dropped": sum(r["split"] == "dropped" for r in records),
         "new": sum(r["change"] == "new" for r in records),
         "refined": sum(r["change"] == "refined" for r in records),
-        "superseded": sum(1 for r in records if any(s["same_content"] == "false" for s in r["superseded"])),
+        "superseded": sum(1 for r in records if any(not s["same_content"] for s in r["superseded"])),
         # of the iteration's own snapshot: what this iteration had to run med-imagetools on
         "converted": sum(c.conversion == "converted" for c in own),
         "reused": sum(c.conversion == "reused" for c in own),

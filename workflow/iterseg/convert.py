@@ -207,9 +207,7 @@ class _Pending:
     key: str
 
 
-def _record(
-    pending: _Pending, out: Path, date: str, roi_labels: dict[str, list[str]], **extra: Any
-) -> ConvertedCase:
+def _record(pending: _Pending, date: str, roi_labels: dict[str, list[str]], **extra: Any) -> ConvertedCase:
     image, ann = pending.selection.image, pending.selection.annotation
     cid = case_id(image.patient_id, image.series_uid)
     return ConvertedCase(
@@ -405,7 +403,7 @@ def convert_snapshot(
             continue
         folder, old = hit
         record = _record(
-            pending, out, date, roi_labels, conversion="reused", reused_from=old.reused_from or old.snapshot
+            pending, date, roi_labels, conversion="reused", reused_from=old.reused_from or old.snapshot
         )
         link_or_copy(folder / old.image, out / record.image)
         link_or_copy(folder / old.label, out / record.label)
@@ -440,7 +438,7 @@ def convert_snapshot(
             jobs,
             problems,
         )
-        new += [_record(p, out, date, roi_labels) for p in done]
+        new += [_record(p, date, roi_labels) for p in done]
     if problems:
         raise ConversionError(
             f"{snapshot}: {len(problems)} case(s) could not be converted:\n  "

@@ -76,22 +76,15 @@ def _choose_series(
         return chosen[0], series_grid(chosen[0])
     if len(candidates) == 1:
         return candidates[0], series_grid(candidates[0])
-    matching = []
+    grids = []
     for series in candidates:
         try:
-            grid = series_grid(series)
-        except SegExportError:
-            continue
-        if same_grid(labels, grid):
-            matching.append((series, grid))
+            grids.append((series, series_grid(series)))
+        except SegExportError as exc:  # an irregular scout beside the series is not the one
+            logger.info("%s", exc)
+    matching = [(s, g) for s, g in grids if same_grid(labels, g)]
     if not matching:  # the labels may be stored in another axis order or sense: same voxels
-        for series in candidates:
-            try:
-                grid = series_grid(series)
-            except SegExportError:
-                continue
-            if same_voxels(labels, grid):
-                matching.append((series, grid))
+        matching = [(s, g) for s, g in grids if same_voxels(labels, g)]
     if len(matching) != 1:
         raise SegExportError(
             f"{reference}: {len(candidates)} image series and {len(matching)} on the label image's grid; "
