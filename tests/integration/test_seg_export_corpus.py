@@ -215,3 +215,62 @@ def test_cli_bad_input_is_one_line_and_non_zero(tmp_path: Path) -> None:
         assert run.returncode == 2 and message in run.stderr, (reference, labels, run.stderr)
         assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
         assert not (tmp_path / "out.dcm").exists()
+
+
+def test_segments_are_coded_coloured_and_overridable(tmp_path: Path) -> None:
+    spec = SeriesSpec()
+    write_series(spec, tmp_path / "series")
+    labels_file = tmp_path / "labels.nii.gz"
+    _labels_as_a_viewer_saves_them(tmp_path / "series", spec.series_uid, labels_file)
+    roi = tmp_path / "roi.yaml"
+    roi.write_text(
+        "liver: ['^liver$']\n"
+        "spleen: {patterns: ['^spleen$'], colour: [10, 20, 30]}\n"
+        "GTV_boost:\n"
+        "  patterns: ['^boost$']\n"
+        "  code: {value: '228793007', scheme: SCT, meaning: Planning target volume}\n"
+        "  category: {value: '49755003', scheme: SCT, meaning: Morphologically Altered Structure}\n"
+    )
+    seg_file = tmp_path / "seg.dcm"
+    export_label_image(
+        tmp_path / "series", labels_file, roi, seg_file, algorithm_version="2026-03-02 Dataset902"
+    )
+    seg = pydicom.dcmread(seg_file)
+    by_label = {s.SegmentLabel: s for s in seg.SegmentSequence}
+    assert by_label["liver"].SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
+    assert by_label["liver"].SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91772007"  # organ
+    assert by_label["spleen"].SegmentedPropertyTypeCodeSequence[0].CodeValue == "78961009"
+    boost = by_label["GTV_boost"]
+    assert boost.SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Planning target volume"
+    assert boost.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
+    import highdicom as hd
+
+    colours = {
+        s.SegmentLabel: hd.color.CIELabColor.from_dicom_value(s.RecommendedDisplayCIELabValue).to_rgb()
+        for s in seg.SegmentSequence
+    }
+    assert tuple(colours["spleen"]) == pytest.approx((10, 20, 30), abs=1)
+    for segment in seg.SegmentSequence:
+        (algorithm,) = segment.SegmentationAlgorithmIdentificationSequence
+        assert algorithm.AlgorithmName == "iterseg" and algorithm.AlgorithmVersion == "2026-03-02 Dataset902"
+        assert algorithm.AlgorithmFamilyCodeSequence[0].CodeMeaning == "Artificial Intelligence"
+        assert segment.SegmentAlgorithmType == "AUTOMATIC"
+    assert seg.PatientID == "GEO001" and seg.StudyInstanceUID == spec.study_uid
+    assert seg.SeriesInstanceUID != spec.series_uid and seg.StudyInstanceUID == spec.study_uid
+    assert _dciodvfy_errors(seg_file) == []
+
+
+def test_labelmap_type_round_trips(tmp_path: Path) -> None:
+    spec = SeriesSpec(row_dir=(0.0, 1.0, 0.0), col_dir=(0.0, 0.0, -1.0))
+    write_series(spec, tmp_path / "series")
+    labels_file = tmp_path / "labels.nii.gz"
+    _labels_as_a_viewer_saves_them(tmp_path / "series", spec.series_uid, labels_file)
+    seg = tmp_path / "seg.dcm"
+    from iterseg.seg_export import SegType
+
+    export_label_image(tmp_path / "series", labels_file, _roi(tmp_path), seg, seg_type=SegType.LABELMAP)
+    assert pydicom.dcmread(seg, stop_before_pixels=True).SegmentationType == "LABELMAP"
+    (series,) = find_image_series(tmp_path / "series", "CT")
+    assert np.array_equal(
+        seg_label_map(seg, list(series.datasets)), _expected(labels_file, list(series.datasets))
+    )
