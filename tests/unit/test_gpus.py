@@ -65,8 +65,27 @@ def test_no_gpu_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match=r"nnunet\.gpus"), claim_gpu([], tmp_path):
         pass
     with (
+        pytest.raises(TrainingError, match=r"2 GPU\(s\) needed, 1 listed"),
+        claim_gpu(["0"], tmp_path, count=2),
+    ):
+        pass
+    with (
         claim_gpu(["3"], tmp_path),
-        pytest.raises(TrainingError, match="became free"),
+        pytest.raises(TrainingError, match="did not become free"),
         claim_gpu(["3"], tmp_path, wait_s=0.2, poll_s=0.05),
     ):
         pass
+
+
+def test_a_data_parallel_job_takes_all_its_gpus_at_once(tmp_path: Path) -> None:
+    locks = tmp_path / "locks"
+    with claim_gpu(["0", "1", "2"], locks, count=2) as pair:
+        assert pair == "0,1" and os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"
+        # one GPU left: a second two-GPU job holds none of it while it waits, a one-GPU job gets it
+        with pytest.raises(TrainingError, match="did not become free"):
+            with claim_gpu(["0", "1", "2"], locks, count=2, wait_s=0.2, poll_s=0.05):
+                pass
+        with claim_gpu(["0", "1", "2"], locks, wait_s=1, poll_s=0.05) as single:
+            assert single == "2"
+    with claim_gpu(["0", "1", "2"], locks, count=2, wait_s=1, poll_s=0.05) as again:
+        assert again == "0,1"

@@ -115,6 +115,16 @@ def test_iteration_settings_are_typed_and_checked() -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(bad)
     assert "nnunet.plans_overrides" in str(info.value) and "nnunet.fine_tuning.initial_lr" in str(info.value)
+    parallel = copy.deepcopy(config)
+    parallel["nnunet"]["gpus_per_fold"] = 2
+    with pytest.raises(ConfigError, match=r"needs nnunet\.device cuda, not 'cpu'"):
+        load_settings(copy.deepcopy(parallel))
+    parallel["nnunet"]["device"] = "cuda"
+    with pytest.raises(ConfigError, match=r"nnunet\.first_iteration\.epochs, nnunet\.fine_tuning\.epochs"):
+        load_settings(copy.deepcopy(parallel))
+    for kind in ("first_iteration", "fine_tuning"):
+        parallel["nnunet"][kind] = {"trainer": "nnUNetTrainer_250epochs"}
+    assert load_settings(parallel).nnunet.gpus_per_fold == 2
 
 
 def test_config_hash_ignores_key_order() -> None:

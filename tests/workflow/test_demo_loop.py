@@ -307,6 +307,63 @@ def test_rerun_with_nothing_new_schedules_no_job(demo_run: dict) -> None:
     assert "Nothing to be done" in dry.stdout + dry.stderr
 
 
+def test_more_folds_than_gpus_all_train_never_two_on_one_gpu(demo_run: dict, tmp_path: Path) -> None:
+    """The workstation path: three folds started together share two GPU slots (real training).
+
+    The GPUs are the one thing mocked: the folds train on the CPU, but claim and pin their
+    GPU exactly as on a workstation (``--gpus`` is what the rules pass with device cuda).
+    """
+    work = tmp_path / "work"
+    first = procdata(demo_run["project"], FIRST)
+    shutil.copytree(first / "nnUNet_preprocessed", work / "nnUNet_preprocessed")
+    shutil.copy(first / "planned.json", work / "planned.json")
+    iterseg = str(Path(sys.executable).parent / "iterseg")
+    folds = ["0", "1", "2"]
+    common = (
+        f"train --work {work} --plan-record {work / 'planned.json'} --trainer nnUNetTrainerIterSegDemo"
+        f" --device cpu --threads 1 --epochs 1 --gpus 0 1 --gpu-lock-dir {tmp_path / 'locks'}"
+    ).split()
+    jobs = [
+        subprocess.Popen(
+            [iterseg, *common, "--fold", fold, "--output", str(tmp_path / f"fold_{fold}.json")],
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / f"fold_{fold}.log").open("w"),
+        )
+        for fold in folds
+    ]
+    assert [job.wait(timeout=900) for job in jobs] == [0, 0, 0]
+    spans: dict[str, list[tuple[str, str]]] = {}
+    waited = 0
+    for fold in folds:
+        assert Path(json.loads((tmp_path / f"fold_{fold}.json").read_text())["checkpoint"]).is_file()
+        log = (tmp_path / f"fold_{fold}.log").read_text()
+        claimed = re.search(r"^(\S+) INFO +iterseg.gpus: claimed GPU (\d) ", log, re.M)
+        done = re.search(r"^(\S+) INFO +iterseg.train: fold \d: final checkpoint", log, re.M)
+        assert claimed and done, log[-2000:]
+        spans.setdefault(claimed.group(2), []).append((claimed.group(1), done.group(1)))
+        waited += "are busy; waiting" in log
+    assert sorted(len(v) for v in spans.values()) == [1, 2] and waited == 1, spans
+    earlier, later = sorted(next(v for v in spans.values() if len(v) == 2))
+    assert later[0] >= earlier[1]  # the third fold started on that GPU only after the first ended
+
+
+def test_preprocessed_data_needs_no_unpacking(demo_run: dict) -> None:
+    """nnU-Net's advice to let one fold unpack the data before the others start is moot from 2.6 on.
+
+    Preprocessed cases are blosc2 (``.b2nd``), read in place; the unpack step is a no-op.
+    Should a future nnU-Net go back to unpacking, this test says so.
+    """
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class, nnUNetDatasetBlosc2
+
+    folder = next(
+        (procdata(demo_run["project"], FIRST) / "nnUNet_preprocessed").glob("*/nnUNetPlans_3d_fullres")
+    )
+    assert infer_dataset_class(str(folder)) is nnUNetDatasetBlosc2
+    before = sorted(p.name for p in folder.iterdir())
+    nnUNetDatasetBlosc2.unpack_dataset(str(folder))
+    assert sorted(p.name for p in folder.iterdir()) == before and any(n.endswith(".b2nd") for n in before)
+
+
 @pytest.fixture(scope="module")
 def third_run(demo_run: dict) -> dict:
     """A third snapshot: the second one again plus one new patient, under a gate it cannot pass."""

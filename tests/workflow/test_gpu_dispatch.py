@@ -48,3 +48,16 @@ def test_gpu_steps_claim_one_of_the_listed_gpus(demo_rawdata: Path, tmp_path: Pa
     assert sum(" train " in c for c in commands) == 6  # 3 folds x 2 iterations: none dropped
     cpu = _dry_run(tmp_path, "nnunet:\n  device: cpu\n  gpus: [0, 1]\n")
     assert "--gpus" not in cpu
+
+
+def test_data_parallel_folds_claim_their_gpus_together(demo_rawdata: Path, tmp_path: Path) -> None:
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    shutil.copytree(demo_rawdata, tmp_path / "data/rawdata/demo")
+    out = _dry_run(
+        tmp_path,
+        "nnunet:\n  device: cuda\n  gpus: [0, 1, 2, 3]\n  gpus_per_fold: 2\n  folds: [0, 1]\n"
+        # null: the trainer's own schedule (config files merge, so the demo's epochs are unset)
+        "  first_iteration: {epochs: null}\n  fine_tuning: {epochs: null, initial_lr: null}\n",
+    )
+    train = [line for line in out.splitlines() if line.startswith("Shell command: iterseg train")]
+    assert len(train) == 4 and all("--gpus 0 1 2 3" in c and "--num-gpus 2" in c for c in train)

@@ -92,6 +92,31 @@ def cmd_plan(args: argparse.Namespace) -> None:
     write_record(record, Path(args.output))
 
 
+def _say_when_stopped(what: str) -> None:
+    """Log why a long step ends when SLURM (time limit, scancel) or the machine stops it.
+
+    SLURM sends SIGTERM first; without a handler Python dies silently and the log ends
+    mid-epoch. The signal is then re-raised, so the exit status stays the usual one.
+    """
+    import os
+    import signal
+
+    main_pid = os.getpid()
+
+    def stopped(signum: int, _frame: object) -> None:
+        signal.signal(signum, signal.SIG_DFL)
+        if os.getpid() == main_pid:  # not in nnU-Net's data-loader workers
+            logger.error(
+                "%s: stopped by %s (a SLURM time limit, scancel or a shutdown); re-running the "
+                "workflow continues it from its last checkpoint",
+                what,
+                signal.Signals(signum).name,
+            )
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, stopped)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     """Train one fold; fine-tune from the previous iteration when given."""
     import os
@@ -105,6 +130,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             os.environ.get("SLURM_JOB_ID", "-"),
             os.environ.get("CUDA_VISIBLE_DEVICES", "-"),
         )
+    _say_when_stopped(f"fold {args.fold}")
     pretrained = None
     if args.pretrained_from:
         pretrained = Path(json.loads(Path(args.pretrained_from).read_text())["checkpoint"])
@@ -119,6 +145,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         pretrained,
         epochs=args.epochs,
         initial_lr=args.initial_lr,
+        num_gpus=args.num_gpus,
     )
     _write_json(
         Path(args.output),
@@ -367,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained-from", help="fold record of the previous iteration")
     p.add_argument("--epochs", type=int, help="override the trainer's number of epochs")
     p.add_argument("--initial-lr", type=float, help="override the trainer's initial learning rate")
+    p.add_argument("--num-gpus", type=int, default=1, help="data-parallel training of the fold on N GPUs")
     p.add_argument("--output", required=True)
 
     p = _add(sub, "predict", cmd_predict, "predict the inbox and export DICOM-SEGs")
@@ -481,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from iterseg.gpus import claim_gpu
 
             # before any torch import: the step then sees only its own GPU, as cuda:0
-            with claim_gpu(args.gpus, Path(args.gpu_lock_dir)):
+            with claim_gpu(args.gpus, Path(args.gpu_lock_dir), count=getattr(args, "num_gpus", 1)):
                 args.func(args)
         else:
             args.func(args)

@@ -1,17 +1,21 @@
-"""``iterseg submit``: the whole loop as one SLURM job (the snakemake controller), via submitit.
+"""SLURM through submitit: the snakemake controller as one job, or folds trained without Snakemake.
 
-For users who prefer one command from a login node: the controller job runs snakemake, which
-(with ``--workflow-profile workflow/profiles/slurm``) submits the fold jobs itself. submitit's
-``AutoExecutor`` silently picks SLURM whenever its binaries exist, so the SLURM executor is
-named explicitly.
+``iterseg submit`` runs the whole loop as one SLURM job for users who prefer one command from
+a login node: that job runs snakemake, which (with ``--workflow-profile
+workflow/profiles/slurm``) submits the fold jobs itself. ``submit_folds``/``wait_for_folds``
+train folds from Python, one job per fold, for scripts and notebooks that do not use Snakemake.
+submitit's ``AutoExecutor`` silently picks SLURM whenever its binaries exist, so the executor
+is always named explicitly.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 from iterseg.errors import IterSegError
 
@@ -91,3 +95,183 @@ def submit_controller(
                 f"SLURM job {job.job_id} (snakemake) failed; see {log} and {job.paths.stderr}"
             ) from exc
     return ControllerJob(str(job.job_id), log)
+
+
+@dataclass(frozen=True)
+class FoldTraining:
+    """One fold to train: what ``iterseg train`` takes, as a value submitit can pickle.
+
+    Parameters
+    ----------
+    work, plan_record
+        The iteration folder and its plan record (``planned.json``).
+    trainer, fold, device, threads
+        nnU-Net trainer class, fold (``0``-``4`` or ``all``), device and data-loading threads.
+    pretrained
+        The previous iteration's ``checkpoint_final.pth`` of this fold (fine-tuning), or None.
+    epochs, initial_lr
+        Schedule overrides, as in the config's ``first_iteration``/``fine_tuning``.
+    num_gpus
+        GPUs for this fold (above 1: nnU-Net's data-parallel training).
+
+    """
+
+    work: Path
+    plan_record: Path
+    trainer: str
+    fold: str
+    device: str = "cuda"
+    threads: int = 2
+    pretrained: Path | None = None
+    epochs: int | None = None
+    initial_lr: float | None = None
+    num_gpus: int = 1
+
+
+@dataclass(frozen=True)
+class FoldJob:
+    """A submitted fold: its job and where its log is."""
+
+    fold: str
+    job: Any
+    log: Path
+
+
+def _train_in_job(training: FoldTraining, gpus: tuple[str, ...], lock_dir: Path) -> str:
+    """The body of one fold job (runs on the compute node, or locally)."""
+    import os
+    from contextlib import nullcontext
+
+    from iterseg.gpus import claim_gpu
+    from iterseg.train import train_fold
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", force=True
+    )
+    # SLURM pins the job's GPUs itself; a workstation shares them through the locks
+    claim = claim_gpu(gpus, lock_dir, count=training.num_gpus) if gpus else nullcontext()
+    with claim:
+        logger.info(
+            "fold %s: SLURM job %s, CUDA_VISIBLE_DEVICES=%s",
+            training.fold,
+            os.environ.get("SLURM_JOB_ID", "-"),
+            os.environ.get("CUDA_VISIBLE_DEVICES", "-"),
+        )
+        checkpoint = train_fold(
+            training.work.resolve(),
+            training.plan_record.resolve(),
+            training.trainer,
+            training.fold,
+            training.device,
+            training.threads,
+            training.pretrained,
+            epochs=training.epochs,
+            initial_lr=training.initial_lr,
+            num_gpus=training.num_gpus,
+        )
+    return str(checkpoint)
+
+
+def submit_folds(
+    trainings: Sequence[FoldTraining],
+    log_dir: Path,
+    *,
+    where: Literal["slurm", "local"] = "slurm",
+    partition: str | None = None,
+    account: str | None = None,
+    gpus_per_fold: int = 1,
+    minutes: int = 2880,
+    mem_gb: int = 32,
+    local_gpus: Sequence[str] = (),
+    gpu_lock_dir: Path = Path("/tmp/iterseg-gpu-locks"),
+) -> list[FoldJob]:
+    """Train folds through submitit, outside Snakemake: one job per fold.
+
+    Parameters
+    ----------
+    trainings
+        The folds to train (see :class:`FoldTraining`).
+    log_dir
+        Where submitit keeps each job's script, log and result.
+    where
+        ``slurm`` (``SlurmExecutor``; each job asks for ``gpus_per_fold`` GPUs as GRES) or
+        ``local`` (``LocalExecutor`` on this machine; with ``local_gpus`` each job claims its
+        GPUs through the same locks as the workflow). Named explicitly: submitit's
+        ``AutoExecutor`` would silently pick SLURM whenever its commands are installed.
+    partition, account
+        SLURM partition and account (None: the cluster's default / none).
+    gpus_per_fold, minutes, mem_gb
+        Resources of each job (``gpus_per_fold`` 0: a CPU job).
+    local_gpus, gpu_lock_dir
+        Workstation GPUs to share among the local jobs, and the folder of their locks.
+
+    Returns
+    -------
+    list of FoldJob
+        One per fold, in the order given; pass them to :func:`wait_for_folds`.
+
+    Raises
+    ------
+    SubmitError
+        If the scheduler refuses a job.
+
+    """
+    import submitit
+
+    if where == "slurm":
+        executor: Any = submitit.SlurmExecutor(folder=log_dir)
+        params: dict[str, object] = {
+            "time": minutes,
+            "mem": f"{mem_gb}G",
+            "cpus_per_task": max(t.threads for t in trainings) if trainings else 1,
+            "job_name": "iterseg-fold",
+        }
+        if gpus_per_fold:
+            params["gres"] = f"gpu:{gpus_per_fold}"
+        if partition:
+            params["partition"] = partition
+        if account:
+            params["account"] = account
+        executor.update_parameters(**params)
+        gpus: tuple[str, ...] = ()  # SLURM sets CUDA_VISIBLE_DEVICES per job
+    else:
+        executor = submitit.LocalExecutor(folder=log_dir)
+        executor.update_parameters(timeout_min=minutes)
+        gpus = tuple(local_gpus)
+    jobs = []
+    for training in trainings:
+        try:
+            job = executor.submit(_train_in_job, training, gpus, gpu_lock_dir)
+        except Exception as exc:  # submitit raises plain errors carrying sbatch's message
+            raise SubmitError(f"fold {training.fold}: the job was refused: {exc}") from exc
+        logger.info("fold %s: job %s (log %s)", training.fold, job.job_id, job.paths.stderr)
+        jobs.append(FoldJob(training.fold, job, Path(job.paths.stderr)))
+    return jobs
+
+
+def wait_for_folds(jobs: Sequence[FoldJob]) -> dict[str, Path]:
+    """Wait for every fold job; return each fold's ``checkpoint_final.pth``.
+
+    Raises
+    ------
+    SubmitError
+        Naming every fold that failed, its job and its log; submitting the same folds again
+        continues each from its last checkpoint.
+
+    """
+    done: dict[str, Path] = {}
+    failed = []
+    for fold_job in jobs:
+        try:
+            done[fold_job.fold] = Path(fold_job.job.result())
+        except Exception as exc:
+            state = getattr(fold_job.job, "state", "?")
+            logger.debug("fold %s failed: %s", fold_job.fold, exc)
+            failed.append(f"fold {fold_job.fold} (job {fold_job.job.job_id}, {state}): see {fold_job.log}")
+    if failed:
+        raise SubmitError(
+            "fold training failed: "
+            + "; ".join(failed)
+            + ". Submit the same folds again to continue each from its last checkpoint."
+        )
+    return done

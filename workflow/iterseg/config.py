@@ -64,6 +64,7 @@ class NnunetSettings:
     plans_overrides: Mapping[str, Any] | None = None
     gpus: tuple[str, ...] | None = None  # None: detect at start-up ("auto")
     gpu_lock_dir: Path = Path("/tmp/iterseg-gpu-locks")
+    gpus_per_fold: int = 1
 
     def schedule(self, first: bool) -> Schedule:
         """The trainer settings of the first iteration (``first``) or of fine-tuning ones."""
@@ -133,6 +134,24 @@ def load_settings(config: dict[str, Any], config_dir: Path = Path("config")) -> 
                 f"config key datasets.{name}: missing_roi ignore needs mask_saving_strategy sparse_mask or "
                 "label_image (nnU-Net's ignore label is a label value, not a region); choose drop or error."
             )
+    if nn["gpus_per_fold"] > 1:
+        if nn["device"] != "cuda":
+            raise ConfigError(
+                f"config key nnunet.gpus_per_fold: {nn['gpus_per_fold']} GPUs per fold needs "
+                f"nnunet.device cuda, not {nn['device']!r}; set gpus_per_fold: 1."
+            )
+        overridden = [
+            f"nnunet.{kind}.{key}"
+            for kind in ("first_iteration", "fine_tuning")
+            for key in ("epochs", "initial_lr")
+            if nn[kind].get(key) is not None
+        ]
+        if overridden:
+            raise ConfigError(
+                f"config key nnunet.gpus_per_fold: data-parallel training uses the trainer's own "
+                f"schedule, but {', '.join(overridden)} is set; remove it (and name a trainer class "
+                "with the schedule you want) or set gpus_per_fold: 1."
+            )
     datasets = {
         name: DatasetSettings(
             name=name,
@@ -169,6 +188,7 @@ def load_settings(config: dict[str, Any], config_dir: Path = Path("config")) -> 
             plans_overrides=dict(nn["plans_overrides"]),
             gpus=None if nn["gpus"] == "auto" else tuple(str(g) for g in nn["gpus"]),
             gpu_lock_dir=Path(nn["gpu_lock_dir"]),
+            gpus_per_fold=int(nn["gpus_per_fold"]),
         ),
         max_dice_drop=config["promotion"]["max_dice_drop"],
         raw=json.loads(json.dumps(config, default=str)),

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from iterseg.errors import TrainingError
 
@@ -39,26 +40,34 @@ def detect_gpus() -> list[str]:
 
 @contextmanager
 def claim_gpu(
-    gpus: Sequence[str], lock_dir: Path = DEFAULT_LOCK_DIR, wait_s: float = 7 * 24 * 3600, poll_s: float = 2.0
+    gpus: Sequence[str],
+    lock_dir: Path = DEFAULT_LOCK_DIR,
+    wait_s: float = 7 * 24 * 3600,
+    poll_s: float = 2.0,
+    count: int = 1,
 ) -> Iterator[str]:
-    """Hold one free GPU of ``gpus`` for the duration of the block; yields its index.
+    """Hold ``count`` free GPUs of ``gpus`` for the duration of the block.
 
-    ``CUDA_VISIBLE_DEVICES`` is set to it (so torch sees it as ``cuda:0``) and restored after.
+    ``CUDA_VISIBLE_DEVICES`` is set to them (so torch numbers them from ``cuda:0``) and
+    restored after; the block gets the same comma-separated indices. A job needing several
+    GPUs takes them all at once or none, so two such jobs never each hold half and wait forever.
 
     Raises
     ------
     TrainingError
-        If ``gpus`` is empty, or no GPU became free within ``wait_s`` seconds.
+        If ``gpus`` has fewer than ``count`` GPUs, or none became free within ``wait_s`` seconds.
 
     """
-    if not gpus:
+    if len(gpus) < max(1, count):
         raise TrainingError(
-            "no GPU to claim: set nnunet.gpus, or nnunet.device: cpu on a machine without GPUs."
+            f"{count} GPU(s) needed, {len(gpus)} listed ({list(gpus)}): set nnunet.gpus (and "
+            "nnunet.gpus_per_fold), or nnunet.device: cpu on a machine without GPUs."
         )
     lock_dir.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_s
     waited = False
     while True:
+        held: list[tuple[str, IO[str]]] = []
         for gpu in gpus:
             handle = (lock_dir / f"gpu{gpu}.lock").open("a+")
             try:
@@ -66,28 +75,39 @@ def claim_gpu(
             except BlockingIOError:
                 handle.close()
                 continue
-            before = os.environ.get("CUDA_VISIBLE_DEVICES")
-            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
-            logger.info("claimed GPU %s (lock %s)", gpu, lock_dir / f"gpu{gpu}.lock")
-            try:
-                yield gpu
-            finally:
-                if before is None:
-                    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-                else:
-                    os.environ["CUDA_VISIBLE_DEVICES"] = before
-                fcntl.flock(handle, fcntl.LOCK_UN)
-                handle.close()
-            return
+            held.append((gpu, handle))
+            if len(held) == count:
+                break
+        if len(held) == count:
+            break
+        for _, lock in held:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
         if time.monotonic() > deadline:
             raise TrainingError(
-                f"no GPU of {list(gpus)} became free within {wait_s:.0f} s (locks in {lock_dir})."
+                f"{count} GPU(s) of {list(gpus)} did not become free within {wait_s:.0f} s "
+                f"(locks in {lock_dir})."
             )
         if not waited:
-            logger.info("all of GPUs %s are busy; waiting for one", list(gpus))
+            logger.info("all of GPUs %s are busy; waiting for %d", list(gpus), count)
             waited = True
         time.sleep(poll_s)
+    claimed = ",".join(gpu for gpu, _ in held)
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = claimed
+    for _, lock in held:
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+    logger.info("claimed GPU %s (locks in %s)", claimed, lock_dir)
+    try:
+        yield claimed
+    finally:
+        if before is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = before
+        for _, lock in held:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -120,6 +121,65 @@ def keep_segmentation_head(trainer: Any, checkpoint: Path) -> int:
     return len(head)
 
 
+ATTEMPT_FILE = "iterseg_attempt.json"
+CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
+
+
+def attempt_key(
+    plans_file: Path,
+    configuration: str,
+    trainer: str,
+    pretrained: Path | None,
+    epochs: int | None,
+    initial_lr: float | None,
+) -> str:
+    """What makes two runs of a fold the same training: a checkpoint of one can continue the other.
+
+    The plans, dataset.json and splits (by content), the trainer and its schedule, and the
+    weights it started from.
+    """
+    digest = hashlib.sha256()
+    for path in (plans_file, plans_file.parent / "dataset.json", plans_file.parent / "splits_final.json"):
+        digest.update(path.read_bytes() if path.is_file() else b"-")
+    start = "-" if pretrained is None else f"{pretrained.resolve()}:{pretrained.stat().st_mtime_ns}"
+    digest.update(json.dumps([configuration, trainer, start, epochs, initial_lr]).encode())
+    return digest.hexdigest()
+
+
+def resumable_checkpoint(fold_dir: Path, key: str) -> Path | None:
+    """The checkpoint an interrupted run of the same training left in ``fold_dir``, if any.
+
+    A fold folder left by a different training (other plans, trainer, schedule or start
+    weights) is cleared of its checkpoints instead, so that a later interruption can never
+    resume from them; then the attempt is recorded for the next run.
+    """
+    marker = fold_dir / ATTEMPT_FILE
+    previous = json.loads(marker.read_text()).get("key") if marker.is_file() else None
+    if previous == key:
+        for name in CHECKPOINTS[:2]:
+            if (fold_dir / name).is_file():
+                return fold_dir / name
+    stale = [fold_dir / name for name in CHECKPOINTS if (fold_dir / name).is_file()]
+    if stale:
+        logger.warning(
+            "%s holds checkpoints of another training (%s); removing them and starting this fold anew",
+            fold_dir,
+            "no record" if previous is None else "other plans, trainer, schedule or start weights",
+        )
+        for path in stale:
+            path.unlink()
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"key": key}) + "\n")
+    return None
+
+
+def _saved_epoch(checkpoint: Path) -> int:
+    import torch
+
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    return int(saved["current_epoch"])
+
+
 def _run_training_with_settings(
     dataset_name: str,
     configuration: str,
@@ -131,13 +191,15 @@ def _run_training_with_settings(
     *,
     epochs: int | None,
     initial_lr: float | None,
+    resume: bool,
 ) -> None:
     """nnU-Net's ``run_training`` for one device, with ``num_epochs``/``initial_lr`` set on the trainer.
 
-    Mirrors ``nnunetv2.run.run_training.run_training`` (single device, no continue/validation-only):
+    Mirrors ``nnunetv2.run.run_training.run_training`` (single device, no validation-only):
     the values are set right after the trainer is constructed, before ``initialize()`` (which
     ``maybe_load_checkpoint`` calls to load pretrained weights) builds the optimizer and the
-    poly learning-rate schedule from them.
+    poly learning-rate schedule from them. ``resume`` continues from the fold's own checkpoint
+    (nnU-Net's ``--c``), which already holds the fine-tuned weights.
     """
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
@@ -161,9 +223,12 @@ def _run_training_with_settings(
         nnunet_trainer.initial_lr,
         " (overridden)" if epochs is not None or initial_lr is not None else "",
     )
-    maybe_load_checkpoint(nnunet_trainer, False, False, str(pretrained) if pretrained else None)
-    if pretrained is not None:
-        keep_segmentation_head(nnunet_trainer, pretrained)
+    if resume:
+        maybe_load_checkpoint(nnunet_trainer, True, False, None)
+    else:
+        maybe_load_checkpoint(nnunet_trainer, False, False, str(pretrained) if pretrained else None)
+        if pretrained is not None:
+            keep_segmentation_head(nnunet_trainer, pretrained)
     if torch.cuda.is_available():
         cudnn.deterministic = False
         cudnn.benchmark = True
@@ -182,8 +247,13 @@ def train_fold(
     *,
     epochs: int | None = None,
     initial_lr: float | None = None,
+    num_gpus: int = 1,
 ) -> Path:
     """Train ``fold`` of the iteration in ``work`` and return its ``checkpoint_final.pth``.
+
+    A run of the same training that was interrupted (a SLURM time limit, a cancelled job, a
+    crash) is continued from its last checkpoint, as nnU-Net's ``--c`` does; a fold folder
+    left by a different training starts anew.
 
     Parameters
     ----------
@@ -205,6 +275,10 @@ def train_fold(
         Number of epochs instead of the trainer's ``num_epochs``; None keeps the trainer's.
     initial_lr
         Initial learning rate instead of the trainer's ``initial_lr``; None keeps the trainer's.
+    num_gpus
+        GPUs for data-parallel training of this one fold (nnU-Net's ``-num_gpus``, DDP);
+        with more than one, the trainer's own schedule is used and the segmentation head is
+        not carried over (nnU-Net's DDP workers build the trainer themselves).
 
     Raises
     ------
@@ -234,14 +308,34 @@ def train_fold(
         )
     if device == "cpu":
         torch.set_num_threads(max(1, threads))
-    if epochs is None and initial_lr is None and pretrained is None:
+    if num_gpus > 1 and (device != "cuda" or epochs is not None or initial_lr is not None):
+        raise TrainingError(
+            f"fold {fold}: data-parallel training on {num_gpus} GPUs needs device cuda and the "
+            "trainer's own schedule (no epochs/initial_lr override); fix nnunet.gpus_per_fold."
+        )
+    fold_dir = model_dir(
+        work, record.dataset_name, trainer, record.plans, record.configuration
+    ) / fold_dir_name(fold)
+    resume = resumable_checkpoint(
+        fold_dir, attempt_key(plans_file, record.configuration, trainer, pretrained, epochs, initial_lr)
+    )
+    if resume is not None:
+        logger.info(
+            "fold %s: continuing the interrupted training from %s at epoch %d, as nnU-Net's --c does",
+            fold,
+            resume,
+            _saved_epoch(resume),
+        )
+    if num_gpus > 1 or (epochs is None and initial_lr is None and pretrained is None):
         run_training(
             record.dataset_name,
             record.configuration,
             fold,
             trainer_class_name=trainer,
             plans_identifier=record.plans,
-            pretrained_weights=str(pretrained) if pretrained else None,
+            pretrained_weights=str(pretrained) if pretrained and resume is None else None,
+            num_gpus=num_gpus,
+            continue_training=resume is not None,
             device=torch.device(device),
         )
     else:
@@ -255,12 +349,9 @@ def train_fold(
             torch.device(device),
             epochs=epochs,
             initial_lr=initial_lr,
+            resume=resume is not None,
         )
-    checkpoint = (
-        model_dir(work, record.dataset_name, trainer, record.plans, record.configuration)
-        / fold_dir_name(fold)
-        / "checkpoint_final.pth"
-    )
+    checkpoint = fold_dir / "checkpoint_final.pth"
     if not checkpoint.is_file():
         raise TrainingError(
             f"nnU-Net finished fold {fold} of {record.dataset_name} without {checkpoint}; see the "

@@ -31,7 +31,11 @@ shell.prefix(f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:\"$PA
 
 NN = SETTINGS.nnunet
 RAW = str(SETTINGS.rawdata)
-TRAIN_GPUS = 1 if NN.device == "cuda" else 0
+TRAIN_GPUS = NN.gpus_per_fold if NN.device == "cuda" else 0
+# On a CPU-only machine the folds share its cores: one at a time (the default profile limits
+# cpu_training to 1; a cluster profile does not, each job has its own node's cores).
+CPU_TRAINING = 0 if NN.device == "cuda" else 1
+NUM_GPUS_ARG = f"--num-gpus {NN.gpus_per_fold}" if TRAIN_GPUS > 1 else ""
 # Jobs claim one of these GPUs each (iterseg.gpus); none (CPU, or a SLURM login node) -> no claim.
 GPUS = (NN.gpus if NN.gpus is not None else tuple(detect_gpus())) if NN.device == "cuda" else ()
 GPU_ARGS = (

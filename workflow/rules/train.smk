@@ -16,14 +16,16 @@ rule train_fold:
         mem_mb=NN.train_mem_mb,
         runtime=NN.train_runtime,
         gpu=TRAIN_GPUS,
+        cpu_training=CPU_TRAINING,
     params:
         work=work_dir,
         trainer=trainer,
         schedule=schedule_args,
         device=NN.device,
         gpus=GPU_ARGS,
+        num_gpus=NUM_GPUS_ARG,
         pretrained=pretrained_arg,
     shell:
         "iterseg train --work {params.work:q} --plan-record {input.plan:q}"
-        " --trainer {params.trainer:q} --fold {wildcards.fold:q} --device {params.device:q} {params.gpus}"
+        " --trainer {params.trainer:q} --fold {wildcards.fold:q} --device {params.device:q} {params.gpus} {params.num_gpus}"
         " --threads {threads} {params.pretrained} {params.schedule} --output {output.record:q} > {log:q} 2>&1"

@@ -11,7 +11,11 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
 class nnUNetTrainerIterSegDemo(nnUNetTrainer):
-    """3 epochs x 8 iterations, 2 validation iterations, no mirroring (halves validation time)."""
+    """3 epochs x 8 iterations, 2 validation iterations, no mirroring (halves validation time).
+
+    A checkpoint every epoch (nnU-Net's default is every 50), so that continuing an
+    interrupted fold can be shown within the demo's few epochs.
+    """
 
     def __init__(
         self,
@@ -25,6 +29,7 @@ class nnUNetTrainerIterSegDemo(nnUNetTrainer):
         self.num_epochs = 3
         self.num_iterations_per_epoch = 8
         self.num_val_iterations_per_epoch = 2
+        self.save_every = 1  # a checkpoint per epoch: an interrupted fold continues from there
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):  # type: ignore[no-untyped-def] # noqa: N802
         """Keep nnU-Net's augmentation but switch mirroring off for training and inference."""
