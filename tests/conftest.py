@@ -27,3 +27,13 @@ def tree_digest(root: Path) -> dict[str, str]:
         rel = str(path.relative_to(root))
         digest[rel] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
     return digest
+
+
+@pytest.fixture(scope="session")
+def planned_demo(tmp_path_factory: pytest.TempPathFactory, demo_rawdata: Path) -> Path:
+    """The demo converted and planned (two folds) once per session, for the cluster tests to copy."""
+    import os
+
+    from slurm_project import client_env, planned_project
+
+    return planned_project(tmp_path_factory.mktemp("planned"), demo_rawdata, client_env(dict(os.environ)))

@@ -249,6 +249,15 @@ def submit_folds(
     return jobs
 
 
+def _reason(exc: Exception) -> str:
+    """The last line of the job's traceback that submitit's error carries, else of the error."""
+    text = str(exc)
+    parts = text.split("----------------------")
+    trace = parts[1] if len(parts) >= 3 else text  # submitit: header, trace, footer with the log paths
+    lines = [line.strip() for line in trace.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(exc).__name__
+
+
 def wait_for_folds(jobs: Sequence[FoldJob]) -> dict[str, Path]:
     """Wait for every fold job; return each fold's ``checkpoint_final.pth``.
 
@@ -265,9 +274,11 @@ def wait_for_folds(jobs: Sequence[FoldJob]) -> dict[str, Path]:
         try:
             done[fold_job.fold] = Path(fold_job.job.result())
         except Exception as exc:
-            state = getattr(fold_job.job, "state", "?")
+            last = _reason(exc)
             logger.debug("fold %s failed: %s", fold_job.fold, exc)
-            failed.append(f"fold {fold_job.fold} (job {fold_job.job.job_id}, {state}): see {fold_job.log}")
+            failed.append(
+                f"fold {fold_job.fold} (job {fold_job.job.job_id}: {last.strip()[:300]}); see {fold_job.log}"
+            )
     if failed:
         raise SubmitError(
             "fold training failed: "

@@ -135,11 +135,12 @@ def attempt_key(
 ) -> str:
     """What makes two runs of a fold the same training: a checkpoint of one can continue the other.
 
-    The plans, dataset.json and splits (by content), the trainer and its schedule, and the
-    weights it started from.
+    The plans and dataset.json (by content), the trainer and its schedule, and the weights it
+    started from. Not ``splits_final.json``: nnU-Net writes it when the first fold starts, from
+    the cases alone (a seeded split), so it would differ between a first and a second run.
     """
     digest = hashlib.sha256()
-    for path in (plans_file, plans_file.parent / "dataset.json", plans_file.parent / "splits_final.json"):
+    for path in (plans_file, plans_file.parent / "dataset.json"):
         digest.update(path.read_bytes() if path.is_file() else b"-")
     start = "-" if pretrained is None else f"{pretrained.resolve()}:{pretrained.stat().st_mtime_ns}"
     digest.update(json.dumps([configuration, trainer, start, epochs, initial_lr]).encode())

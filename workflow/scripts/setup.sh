@@ -16,11 +16,18 @@ spec="."
 # torch, or nnU-Net's trainer lookup crashes on import).
 .venv/bin/python -m pip install --quiet -c workflow/constraints.txt -e "$spec"
 # The test suite brings up a real single-node SLURM (tests/slurm_cluster.py) from Debian's
-# packages; install them when setting up for tests as root (CI). Elsewhere, say what is missing.
-if [[ ",${EXTRAS:-}," == *",test,"* ]] && ! command -v slurmctld >/dev/null 2>&1 && [ ! -x /usr/sbin/slurmctld ]; then
-  slurm_pkgs=(slurmctld slurmd slurm-client slurm-wlm-basic-plugins munge)
+# packages, with accounting (slurmdbd on a private MariaDB); install them when setting up for
+# tests as root (CI). Elsewhere, say what is missing.
+has() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+if [[ ",${EXTRAS:-}," == *",test,"* ]] && ! { has slurmctld && has slurmdbd; }; then
+  slurm_pkgs=(slurmctld slurmd slurm-client slurm-wlm-basic-plugins munge slurmdbd mariadb-server)
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
+    # the tests start their own daemons: keep apt from starting the system's (MariaDB on 3306, slurmctld ...)
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+      trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
     apt-get install -y -qq "${slurm_pkgs[@]}" >/dev/null || { apt-get update -qq && apt-get install -y -qq "${slurm_pkgs[@]}" >/dev/null; }
   else
     echo "setup: the SLURM tests need: apt-get install ${slurm_pkgs[*]} (as root)" >&2
