@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -59,5 +60,15 @@ def test_data_parallel_folds_claim_their_gpus_together(demo_rawdata: Path, tmp_p
         # null: the trainer's own schedule (config files merge, so the demo's epochs are unset)
         "  first_iteration: {epochs: null}\n  fine_tuning: {epochs: null, initial_lr: null}\n",
     )
-    train = [line for line in out.splitlines() if line.startswith("Shell command: iterseg train")]
+    commands = [line for line in out.splitlines() if line.startswith("Shell command: iterseg")]
+    train = [c for c in commands if c.split()[3] == "train"]
     assert len(train) == 4 and all("--gpus 0 1 2 3" in c and "--num-gpus 2" in c for c in train)
+    others = [c for c in commands if c.split()[3] in ("predict", "evaluate")]
+    assert others and all("--gpus 0 1 2 3" in c and "--num-gpus" not in c for c in others)
+    # what SLURM is asked for: two GPUs per fold job, one per prediction/evaluation job
+    asked: dict[str, set[str]] = {}
+    for block in out.split("\nrule ")[1:]:
+        gpu = re.search(r"\n    resources: .*\bgpu=(\d+)", block)
+        asked.setdefault(block.split(":")[0], set()).add(gpu.group(1) if gpu else "0")
+    assert asked["train_fold"] == {"2"} and asked["predict_inbox"] == asked["evaluate_test"] == {"1"}
+    assert asked["convert_snapshot"] == asked["plan_preprocess"] == {"0"}

@@ -32,6 +32,7 @@ shell.prefix(f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:\"$PA
 NN = SETTINGS.nnunet
 RAW = str(SETTINGS.rawdata)
 TRAIN_GPUS = NN.gpus_per_fold if NN.device == "cuda" else 0
+STEP_GPUS = 1 if NN.device == "cuda" else 0  # prediction and evaluation: one GPU each
 # On a CPU-only machine the folds share its cores: one at a time (the default profile limits
 # cpu_training to 1; a cluster profile does not, each job has its own node's cores).
 CPU_TRAINING = 0 if NN.device == "cuda" else 1

@@ -16,7 +16,7 @@ rule predict_inbox:
     resources:
         mem_mb=16000,
         runtime=120,
-        gpu=TRAIN_GPUS,
+        gpu=STEP_GPUS,
     params:
         work=work_dir,
         trainer=trainer,

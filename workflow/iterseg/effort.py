@@ -1,0 +1,242 @@
+"""Annotation effort: how much researchers changed the model's prediction before it became an annotation.
+
+A refined SEG that arrives for a series we predicted earlier is compared with the prediction
+that seeded it. The less they had to change, the better the model already was: per iteration
+this is a label-free signal of progress, and the quantity the loop is meant to shrink.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from iterseg.metrics import UNSCORED_LABELS, dice, surface_dice
+
+logger = logging.getLogger(__name__)
+
+#: A label whose refined version overlaps its prediction less than this was largely redrawn.
+LARGE_EDIT_DICE = 0.5
+
+
+@dataclass(frozen=True)
+class LabelEdit:
+    """What the refinement changed in one label of one case (volumes in millilitres)."""
+
+    label: str
+    dice: float
+    nsd: float
+    hd95_mm: float
+    volume_predicted_ml: float
+    volume_refined_ml: float
+    volume_change_ml: float
+    volume_change_pct: float
+    slices_edited: int
+
+
+@dataclass(frozen=True)
+class CaseEffort:
+    """The refinement of one predicted case: its labels, and whether it was edited at all or heavily."""
+
+    case_id: str
+    labels: tuple[LabelEdit, ...]
+    slices: int
+    slices_edited: int
+    unedited: bool
+    large_edit: bool
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready form (nan becomes None)."""
+        data = asdict(self)
+        data["labels"] = [{k: _json_number(v) for k, v in edit.items()} for edit in data["labels"]]
+        return data
+
+
+def _json_number(value: object) -> object:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _surface_distances(source: np.ndarray, target: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Distance (mm) from every boundary voxel of ``source`` to the nearest boundary voxel of ``target``."""
+    from scipy import ndimage
+    from scipy.spatial import cKDTree
+
+    structure = ndimage.generate_binary_structure(source.ndim, source.ndim)
+
+    def boundary(mask: np.ndarray) -> np.ndarray:
+        return np.argwhere(
+            mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
+        ) * np.asarray(spacing, dtype=float)
+
+    distances, _ = cKDTree(boundary(target)).query(boundary(source))
+    return np.asarray(distances, dtype=float)
+
+
+def hd95(reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float]) -> float:
+    """95th-percentile Hausdorff distance in mm between two boolean masks.
+
+    The larger of the two directed 95th percentiles of boundary-voxel distances (each boundary
+    voxel to the nearest boundary voxel of the other mask, between voxel centres).
+
+    Returns
+    -------
+    float
+        ``0.0`` for identical masks; ``nan`` when either mask is empty (no surface to measure).
+
+    """
+    ref = np.asarray(reference, dtype=bool)
+    pred = np.asarray(prediction, dtype=bool)
+    if ref.shape != pred.shape:
+        raise ValueError(f"masks differ in shape: {ref.shape} and {pred.shape}")
+    if not ref.any() or not pred.any():
+        return math.nan
+    forward = _surface_distances(ref, pred, spacing)
+    backward = _surface_distances(pred, ref, spacing)
+    return float(max(np.percentile(forward, 95), np.percentile(backward, 95)))
+
+
+def label_edit(
+    name: str,
+    predicted: np.ndarray,
+    refined: np.ndarray,
+    spacing: Sequence[float],
+    tolerance_mm: float,
+    slice_axis: int = 0,
+) -> LabelEdit:
+    """Compare one label's predicted and refined masks.
+
+    Parameters
+    ----------
+    name
+        Label name.
+    predicted, refined
+        Boolean masks on the same grid.
+    spacing
+        Voxel size in mm, in array axis order.
+    tolerance_mm
+        Surface-Dice tolerance in mm.
+    slice_axis
+        The axis of the acquired slices (0 for a SimpleITK array: z); a slice counts as edited
+        when any voxel of the label changed in it.
+
+    """
+    voxel_ml = float(np.prod(np.asarray(spacing, dtype=float))) / 1000.0
+    before = float(np.count_nonzero(predicted)) * voxel_ml
+    after = float(np.count_nonzero(refined)) * voxel_ml
+    changed = np.asarray(predicted, dtype=bool) != np.asarray(refined, dtype=bool)
+    other_axes = tuple(a for a in range(changed.ndim) if a != slice_axis)
+    return LabelEdit(
+        label=name,
+        dice=dice(refined, predicted),
+        nsd=surface_dice(refined, predicted, spacing, tolerance_mm),
+        hd95_mm=hd95(refined, predicted, spacing),
+        volume_predicted_ml=round(before, 4),
+        volume_refined_ml=round(after, 4),
+        volume_change_ml=round(after - before, 4),
+        volume_change_pct=round(100.0 * (after - before) / before, 2) if before > 0 else math.nan,
+        slices_edited=int(np.count_nonzero(np.any(changed, axis=other_axes))),
+    )
+
+
+def case_effort(
+    case_id: str,
+    predicted: np.ndarray,
+    refined: np.ndarray,
+    labels: Mapping[str, int],
+    spacing: Sequence[float],
+    tolerance_mm: float,
+    slice_axis: int = 0,
+    large_edit_dice: float = LARGE_EDIT_DICE,
+) -> CaseEffort:
+    """The annotation effort of one refined case against the prediction that seeded it.
+
+    Parameters
+    ----------
+    case_id
+        Case identifier, for the tables.
+    predicted, refined
+        Integer label maps on the same grid.
+    labels
+        Label name -> value (``background`` and ``ignore`` are skipped).
+    spacing, tolerance_mm, slice_axis
+        As in :func:`label_edit`.
+    large_edit_dice
+        A label whose Dice falls below this (or that was added or removed) marks a large edit.
+
+    Returns
+    -------
+    CaseEffort
+        ``unedited`` when the label maps are identical voxel for voxel (a rubber-stamped
+        prediction); ``large_edit`` when some label was largely redrawn.
+
+    """
+    pred = np.asarray(predicted)
+    ref = np.asarray(refined)
+    if pred.shape != ref.shape:
+        raise ValueError(
+            f"{case_id}: prediction {pred.shape} and refined annotation {ref.shape} are not on one grid"
+        )
+    edits = tuple(
+        label_edit(name, pred == value, ref == value, spacing, tolerance_mm, slice_axis)
+        for name, value in labels.items()
+        if name not in UNSCORED_LABELS and int(value) > 0
+    )
+    changed = np.any(pred != ref, axis=tuple(a for a in range(pred.ndim) if a != slice_axis))
+    unedited = not bool(changed.any())
+    large = any(not math.isnan(e.dice) and e.dice < large_edit_dice for e in edits)
+    if unedited:
+        logger.warning("%s: the refined annotation is the prediction unchanged (rubber-stamped?)", case_id)
+    elif large:
+        logger.info("%s: large edit (a label's Dice against its prediction < %.2f)", case_id, large_edit_dice)
+    return CaseEffort(
+        case_id=case_id,
+        labels=edits,
+        slices=int(pred.shape[slice_axis]),
+        slices_edited=int(np.count_nonzero(changed)),
+        unedited=unedited,
+        large_edit=large,
+    )
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    finite = [v for v in values if not math.isnan(v)]
+    return round(float(np.mean(finite)), 4) if finite else None
+
+
+def summarise_effort(cases: Sequence[CaseEffort]) -> dict[str, object]:
+    """Per-iteration totals: how many refined cases, how much was changed, per label and overall.
+
+    Returns
+    -------
+    dict
+        ``cases``, ``unedited``, ``large_edits``, ``slices_edited`` (total) and
+        ``slices_edited_fraction``, and per label the mean Dice/NSD/HD95 and mean absolute
+        volume change against the predictions. Empty counts (no refined predictions) give zeros.
+
+    """
+    names: list[str] = []
+    for case in cases:
+        names.extend(e.label for e in case.labels if e.label not in names)
+    per_label = {}
+    for name in names:
+        edits = [e for case in cases for e in case.labels if e.label == name]
+        per_label[name] = {
+            "dice_mean": _mean([e.dice for e in edits]),
+            "nsd_mean": _mean([e.nsd for e in edits]),
+            "hd95_mm_mean": _mean([e.hd95_mm for e in edits]),
+            "abs_volume_change_ml_mean": _mean([abs(e.volume_change_ml) for e in edits]),
+            "slices_edited": sum(e.slices_edited for e in edits),
+        }
+    slices = sum(c.slices for c in cases)
+    edited = sum(c.slices_edited for c in cases)
+    return {
+        "cases": len(cases),
+        "unedited": sum(c.unedited for c in cases),
+        "large_edits": sum(c.large_edit for c in cases),
+        "slices_edited": edited,
+        "slices_edited_fraction": round(edited / slices, 4) if slices else None,
+        "labels": per_label,
+    }
