@@ -12,9 +12,11 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/results.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
         all_iterations,
+        report_targets,
     default_target: True

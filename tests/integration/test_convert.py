@@ -47,7 +47,7 @@ def test_newest_annotation_wins_when_assembling(demo_rawdata: Path, tmp_path: Pa
     cases = record["records"]
     ids = {c.case_id for c in first} | {c.case_id for c in second}
     assert {c["case_id"] for c in cases} == ids
-    assert len(ids) == 11  # three patients of snapshot 1 were refined in snapshot 2
+    assert len(ids) == 12  # three patients of snapshot 1 were refined in snapshot 2
     winner = {c["case_id"]: c["snapshot"] for c in cases}
     refined = {c.case_id for c in second} & {c.case_id for c in first}
     assert refined and all(winner[cid] == "2026-03-02" for cid in refined)
@@ -55,7 +55,7 @@ def test_newest_annotation_wins_when_assembling(demo_rawdata: Path, tmp_path: Pa
         expected = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "c2" / "cases" / f"{cid}.nii.gz")))
         got = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "labelsTr" / f"{cid}.nii.gz")))
         assert np.array_equal(got, expected)
-    assert len(list((raw / "imagesTr").glob("*_0000.nii.gz"))) == 11  # P011 (liver only) kept: ignore
+    assert len(list((raw / "imagesTr").glob("*_0000.nii.gz"))) == 12  # P011 (liver only) kept: ignore
     assert [c["patient_id"] for c in cases if c["missing_rois"]] == ["P011"]
 
 
@@ -88,7 +88,7 @@ def test_frozen_test_set_and_missing_roi_policies(demo_rawdata: Path, tmp_path: 
     trained = {p.name.split("_")[0] for p in (raw / "imagesTr").iterdir()}
     assert not trained & held_out and {p.name.split("_")[0] for p in (raw / "imagesTs").iterdir()} == held_out
     dataset_json = json.loads((raw / "dataset.json").read_text())
-    assert dataset_json["labels"]["ignore"] == 3 and dataset_json["numTraining"] == 11 - len(held_out)
+    assert dataset_json["labels"]["ignore"] == 3 and dataset_json["numTraining"] == 12 - len(held_out)
     dropped = assemble_dataset(
         dirs,
         tmp_path / "raw" / "Dataset951_b",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -120,7 +121,7 @@ def test_second_iteration_fine_tunes_with_transferred_plans(demo_run: dict) -> N
 def test_second_iteration_trains_on_all_snapshots_newest_annotation_winning(demo_run: dict) -> None:
     record = json.loads((procdata(demo_run["project"], SECOND) / "assembled.json").read_text())
     cases = record["records"]
-    assert len(cases) == 11 and len(record["cases"]) == 9  # 2 patients held out
+    assert len(cases) == 12 and len(record["cases"]) == 10  # 2 patients held out
     by_patient = {c["patient_id"]: c for c in cases}
     assert by_patient["P001"]["snapshot"] == SECOND and by_patient["P003"]["snapshot"] == FIRST
     # the refined SEG of P001 supersedes the first snapshot's annotation of the same image series
@@ -128,7 +129,8 @@ def test_second_iteration_trains_on_all_snapshots_newest_annotation_winning(demo
     assert old["snapshot"] == FIRST and old["same_content"] is False
     assert old["annotation_series_uid"] != by_patient["P001"]["annotation_series_uid"]
     assert {p for p, c in by_patient.items() if c["change"] == "refined"} == {"P001", "P002", "P004"}
-    assert record["summary"]["new"] == 4 and record["summary"]["refined"] == 3
+    assert record["summary"]["new"] == 5 and record["summary"]["refined"] == 3
+    assert by_patient["P103"]["change"] == "new"  # the refined prediction of an inbox case
 
 
 def test_plans_override_and_schedules_reach_nnunet(demo_run: dict) -> None:
@@ -260,12 +262,18 @@ def test_one_log_per_rule_and_iteration(demo_run: dict) -> None:
         assert logs == [
             "convert_assemble.log",
             "convert_snapshot.log",
+            "evaluate_effort.log",
             "evaluate_test.log",
             "plan_preprocess.log",
             "predict_inbox.log",
+            "report_qc.log",
+            "report_worklist.log",
             "results_promote.log",
             "train_fold_0.log",
         ]
+    assert [p.name for p in (demo_run["project"] / "data/results/demo/logs").iterdir()] == [
+        "report_dataset.log"
+    ]
 
 
 def test_manifest_records_what_the_model_learned_from(demo_run: dict) -> None:
@@ -287,7 +295,7 @@ def test_manifest_records_what_the_model_learned_from(demo_run: dict) -> None:
     assert manifest["test_metrics"]["summary"]["liver"]["cases"] == 2
     assert manifest["promotion"]["promoted"] is True
     cases = {c["patient_id"]: c for c in manifest["cases"]}
-    assert len(cases) == 11 and {p for p, c in cases.items() if c["split"] == "test"} == TEST_PATIENTS
+    assert len(cases) == 12 and {p for p, c in cases.items() if c["split"] == "test"} == TEST_PATIENTS
     p001 = cases["P001"]
     ct = pydicom.dcmread(project / p001["image"]["files"][0], stop_before_pixels=True)
     assert (
@@ -305,6 +313,126 @@ def test_rerun_with_nothing_new_schedules_no_job(demo_run: dict) -> None:
     dry = snakemake(demo_run["project"], "-n")
     assert dry.returncode == 0, dry.stderr
     assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_annotation_effort_compares_the_refined_prediction_with_its_seed(demo_run: dict) -> None:
+    project = demo_run["project"]
+    results = project / "data/results/demo"
+    first = json.loads((results / FIRST / "annotation_effort.json").read_text())
+    assert first == {"cases": [], "summary": {**first["summary"], "cases": 0}}  # nothing predicted before
+    effort = json.loads((results / SECOND / "annotation_effort.json").read_text())
+    (case,) = effort["cases"]  # P103: predicted by the first iteration, refined in the second snapshot
+    assert case["patient_id"] == "P103" and case["seeded_by"]["iteration"] == FIRST
+    record = json.loads((procdata(project, SECOND) / "assembled.json").read_text())
+    refined_path = next(r["converted_label"] for r in record["records"] if r["patient_id"] == "P103")
+    refined = sitk.GetArrayFromImage(sitk.ReadImage(str(project / refined_path)))  # relative to the project
+    predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(results / FIRST / "labels/P103.nii.gz")))
+    assert predicted.shape == refined.shape
+    by_label = {e["label"]: e for e in case["labels"]}
+    for name, value in (("liver", 1), ("tumour", 2)):
+        a, b = predicted == value, refined == value
+        expected = 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+        assert by_label[name]["dice"] == pytest.approx(expected)
+        assert by_label[name]["slices_edited"] == int(np.any(a != b, axis=(1, 2)).sum())
+    assert case["slices_edited"] == int(np.any(predicted != refined, axis=(1, 2)).sum())
+    assert case["unedited"] is False  # the tiny demo model is far from the drawn truth
+    manifest = json.loads((results / SECOND / "manifest.json").read_text())
+    assert manifest["annotation_effort"]["summary"] == effort["summary"]
+    rows = list(csv.DictReader((results / SECOND / "annotation_effort.csv").open()))
+    assert [(r["case_id"], r["label"], r["seeded_by"]) for r in rows] == [
+        (case["case_id"], "liver", FIRST),
+        (case["case_id"], "tumour", FIRST),
+    ]
+
+
+def _png(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        image.verify()
+        return image.size
+
+
+def test_qc_pictures_of_every_prediction_and_test_case(demo_run: dict) -> None:
+    for iteration in (FIRST, SECOND):
+        qc = demo_run["project"] / f"data/results/demo/{iteration}/qc"
+        names = sorted(p.name for p in qc.glob("*.png"))
+        assert names == [
+            "inbox_P101.png", "inbox_P102.png", "inbox_P103.png", "test_P003.png", "test_P004.png",
+        ]  # fmt: skip
+        for name in names:
+            width, height = _png(qc / name)
+            assert width == 900 and height >= 380
+    from PIL import Image
+
+    with Image.open(demo_run["project"] / f"data/results/demo/{SECOND}/qc/test_P003.png") as image:
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int)
+    green = np.count_nonzero(np.all(np.abs(pixels - (0, 200, 0)) < 40, axis=1))
+    magenta = np.count_nonzero(np.all(np.abs(pixels - (255, 0, 255)) < 40, axis=1))
+    assert green > 50 and magenta > 50  # reference and prediction both outlined
+
+
+def test_worklist_ranks_every_inbox_prediction(demo_run: dict) -> None:
+    project = demo_run["project"]
+    rows = list(csv.DictReader((project / f"data/results/demo/{SECOND}/worklist.csv").open()))
+    assert sorted(r["case_id"] for r in rows) == ["P101", "P102", "P103"]
+    assert [int(r["rank"]) for r in rows] == [1, 2, 3]
+    assert {r["signal"] for r in rows} == {"entropy"}  # one fold in the demo: no fold disagreement
+    plain = [float(r["disagreement"]) for r in rows if not r["volume_outliers"]]
+    assert plain == sorted(plain, reverse=True)
+    predictions = {
+        p["case_id"]: p
+        for p in json.loads((project / f"data/results/demo/{SECOND}/predictions.json").read_text())
+    }
+    for row in rows:
+        assert float(row["volume_ml_liver"]) == predictions[row["case_id"]]["volume_ml"]["liver"] > 0
+        assert float(row["disagreement"]) == predictions[row["case_id"]]["mean_entropy"]
+
+
+def test_dataset_report_has_curves_tables_and_every_folds_training(demo_run: dict) -> None:
+    report = demo_run["project"] / "data/results/demo/report"
+    for name in ("learning_curves.png", "annotation_effort.png"):
+        _png(report / name)
+    for iteration in (FIRST, SECOND):
+        _png(report / "training" / f"{iteration}_fold_0.png")
+        _png(report / "training" / f"{iteration}_fold_0_nnunet_progress.png")
+    rows = list(csv.DictReader((report / "iterations.csv").open()))
+    assert [r["iteration"] for r in rows] == [FIRST, SECOND]
+    for row in rows:
+        manifest = json.loads((report.parent / row["iteration"] / "manifest.json").read_text())
+        assert int(row["training_cases"]) == manifest["summary"]["train"]
+        mean = manifest["test_metrics"]["summary"]["mean"]["dice_mean"]
+        assert float(row["test_dice_mean"]) == pytest.approx(mean)
+        assert row["promoted"] == str(manifest["promotion"]["promoted"])
+    effort = list(csv.DictReader((report / "annotation_effort.csv").open()))
+    assert [(r["iteration"], r["refined_predictions"]) for r in effort] == [(FIRST, "0"), (SECOND, "1")]
+    assert "<table" in (report / "iterations.html").read_text()
+
+
+def test_snakemake_report_contains_every_figure(demo_run: dict, tmp_path: Path) -> None:
+    import base64
+
+    project = demo_run["project"]
+    out = tmp_path / "report.html"
+    run = snakemake(project, "--report", str(out))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    html = out.read_text()
+    results = project / "data/results/demo"
+    figures = [
+        *(results / FIRST / "qc").glob("*.png"),
+        *(results / SECOND / "qc").glob("*.png"),
+        *(results / "report").rglob("*.png"),
+        results / "report/iterations.html",
+        results / "report/annotation_effort.html",
+        results / SECOND / "worklist.csv",
+        results / SECOND / "annotation_effort.csv",
+    ]
+    assert len(figures) == 10 + 6 + 4
+    for figure in figures:
+        # embedded, not linked (the report is self-contained): each file's own bytes are in it
+        content = base64.b64encode(figure.read_bytes()[:1500]).decode()
+        assert figure.name in html and content[100:400] in html, figure
 
 
 def test_more_folds_than_gpus_all_train_never_two_on_one_gpu(demo_run: dict, tmp_path: Path) -> None:
@@ -394,12 +522,12 @@ def test_only_the_new_series_is_converted(third_run: dict) -> None:
     cases = json.loads((procdata(project, THIRD) / "converted/cases.json").read_text())
     converted = [c["patient_id"] for c in cases if c["conversion"] == "converted"]
     assert converted == ["P012"]
-    assert len(cases) == 8 and {c["reused_from"] for c in cases if c["conversion"] == "reused"} == {SECOND}
+    assert len(cases) == 9 and {c["reused_from"] for c in cases if c["conversion"] == "reused"} == {SECOND}
     log = (project / f"data/results/demo/{THIRD}/logs/convert_snapshot.log").read_text()
-    assert "8 case(s): 1 converted, 7 reused unchanged" in log
+    assert "9 case(s): 1 converted, 8 reused unchanged" in log
     assert log.count("with med-imagetools") == 1  # one run, for the new pair only
     manifest = json.loads((project / f"data/results/demo/{THIRD}/manifest.json").read_text())
-    assert manifest["summary"]["converted"] == 1 and manifest["summary"]["reused"] == 7
+    assert manifest["summary"]["converted"] == 1 and manifest["summary"]["reused"] == 8
     assert manifest["summary"]["new"] == 1 and manifest["summary"]["refined"] == 0
     # a reused NIfTI is the earlier file itself
     p008 = next(c for c in cases if c["patient_id"] == "P008")
@@ -458,7 +586,7 @@ def test_failed_iteration_leaves_latest_on_the_last_good_one(third_run: dict) ->
 
 
 def test_conversion_check_passed_for_every_case(demo_run: dict) -> None:
-    for folder, n_cases in (("2026-01-15__demo", 7), ("2026-03-02__demo", 7)):
+    for folder, n_cases in (("2026-01-15__demo", 7), ("2026-03-02__demo", 8)):
         report = json.loads(
             (demo_run["project"] / "data/procdata/demo" / folder / "converted/check.json").read_text()
         )
@@ -478,8 +606,11 @@ def test_status_and_rollback_through_the_cli(third_run: dict) -> None:
     assert rows[0].split()[:6] == ["date", "train", "test", "new", "refined", "converted"]
     assert "Dice liver" in rows[0] and "Dice tumour" in rows[0]
     assert rows[1].split()[:6] == [FIRST, "5", "2", "7", "0", "7/7"]
-    assert rows[2].split()[:6] == [SECOND, "9", "2", "4", "3", "7/7"] and "<- latest; yes" in rows[2]
-    assert rows[3].split()[:6] == [THIRD, "10", "2", "1", "0", "1/8"] and "no: test mean Dice" in rows[3]
+    assert rows[2].split()[:6] == [SECOND, "10", "2", "5", "3", "8/8"] and "<- latest; yes" in rows[2]
+    assert rows[3].split()[:6] == [THIRD, "11", "2", "1", "0", "1/9"] and "no: test mean Dice" in rows[3]
+    # from the worklist of latest (the gated-out third iteration's SEGs are not the ones handed out)
+    assert rows[4].startswith(f"refine next (data/results/demo/{SECOND}/worklist.csv): ")
+    assert sorted(re.findall(r"(P10\w+) \(entropy", rows[4])) == ["P101", "P102", "P103"]
     subprocess.run([iterseg, "rollback", "demo", "--reason", "test"], cwd=project, check=True)
     assert os.readlink(project / "data/results/demo/latest") == FIRST
     # snakemake does not undo a rollback: nothing to do, latest stays

@@ -6,6 +6,7 @@ cluster has a hard timeout.
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import slurm_cluster
-from slurm_project import FIRST, client_env, copy_project, scontrol_jobs, site_profile, train_on_slurm
+from slurm_project import BIN, FIRST, client_env, copy_project, scontrol_jobs, site_profile, train_on_slurm
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slurm, pytest.mark.slow]
 
@@ -87,7 +88,7 @@ def test_folds_trained_through_submitit_without_snakemake(
         )
 
     jobs = submit_folds([fold("0", 1), fold("1", 1)], tmp_path / "submitit", partition="debug", mem_gb=5)
-    checkpoints = wait_for_folds(jobs)
+    checkpoints = wait_for_folds(jobs, timeout_s=600, poll_s=1)
     assert set(checkpoints) == {"0", "1"} and all(c.is_file() for c in checkpoints.values())
     for job in jobs:
         assert re.search(r"fold \d: SLURM job \d+, CUDA_VISIBLE_DEVICES=\d", job.log.read_text())
@@ -97,9 +98,31 @@ def test_folds_trained_through_submitit_without_snakemake(
         "gres/gpu=1" in r[3] for r in rows
     )
 
+    # two folds: the inbox worklist ranks by how much the fold models disagree
+    results = tmp_path / "results"
+    iterseg = str(BIN / "iterseg")
+    subprocess.run(
+        [
+            iterseg, "predict", "--work", str(work), "--plan-record", str(work / "planned.json"),
+            "--trainer", "nnUNetTrainerIterSegDemo", "--folds", "0", "1", "--device", "cpu",
+            "--inbox", str(project / "data/rawdata/demo/inbox"), "--out", str(results), "--description", "t",
+            "--output", str(results / "predictions.json"),
+        ],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    predictions = json.loads((results / "predictions.json").read_text())
+    assert len(predictions) == 3 and all(0.0 <= p["fold_dice"]["liver"] <= 1.0 for p in predictions)
+    subprocess.run(
+        [iterseg, "worklist", "--predictions", str(results / "predictions.json"),
+         "--assembled", str(work / "assembled.json"), "--out", str(results / "worklist.csv")],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    rows = list(csv.DictReader((results / "worklist.csv").open()))
+    assert {r["signal"] for r in rows} == {"folds"} and all(r["lowest_fold_dice_label"] for r in rows)
+
     broken = submit_folds([fold("2", 0)], tmp_path / "submitit", partition="debug", mem_gb=5)
     with pytest.raises(SubmitError) as info:
-        wait_for_folds(broken)
+        wait_for_folds(broken, timeout_s=300, poll_s=1)
     message = str(info.value)
     assert f"fold 2 (job {broken[0].job.job_id}: " in message and f"; see {broken[0].log}" in message
     assert "epochs must be an integer >= 1" in message

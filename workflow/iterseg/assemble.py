@@ -216,6 +216,7 @@ def assemble_dataset(
             "split": split,
             "change": _change(case, prev_cases),
             "superseded": superseded.get(cid, []),
+            "converted_label": str(folder / case.label),  # faithful to the annotation (no ignore label)
             "why": f"newest annotation of the series (snapshot {case.snapshot}); {case.selection}",
             "partial_labels": handling,
         }

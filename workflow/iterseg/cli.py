@@ -98,6 +98,7 @@ def _say_when_stopped(what: str) -> None:
     SLURM sends SIGTERM first; without a handler Python dies silently and the log ends
     mid-epoch. The signal is then re-raised, so the exit status stays the usual one.
     """
+    import multiprocessing
     import os
     import signal
 
@@ -106,6 +107,10 @@ def _say_when_stopped(what: str) -> None:
     def stopped(signum: int, _frame: object) -> None:
         signal.signal(signum, signal.SIG_DFL)
         if os.getpid() == main_pid:  # not in nnU-Net's data-loader workers
+            # the workers are not daemons of a process that exits normally: without this they
+            # outlive the fold (hundreds of MB each) once it is killed
+            for child in multiprocessing.active_children():
+                child.terminate()
             logger.error(
                 "%s: stopped by %s (a SLURM time limit, scancel or a shutdown); re-running the "
                 "workflow continues it from its last checkpoint",
@@ -181,6 +186,46 @@ def cmd_predict(args: argparse.Namespace) -> None:
     write_predictions(predictions, Path(args.output))
 
 
+def cmd_effort(args: argparse.Namespace) -> None:
+    """Compare the iteration's new annotations with the earlier predictions they refined."""
+    from iterseg.effort import iteration_effort, write_effort
+
+    result = iteration_effort(
+        json.loads(Path(args.assembled).read_text()),
+        [Path(p) for p in args.predictions],
+        args.nsd_tolerance_mm,
+    )
+    write_effort(result, Path(args.out_json), Path(args.out_csv))
+
+
+def cmd_qc(args: argparse.Namespace) -> None:
+    """QC montages of one iteration's inbox predictions and test cases."""
+    from iterseg.report import qc_iteration
+
+    qc_iteration(
+        Path(args.results),
+        Path(args.inbox),
+        json.loads(Path(args.assembled).read_text()),
+        Path(args.roi_yaml),
+        args.modality,
+        Path(args.out),
+    )
+
+
+def cmd_worklist(args: argparse.Namespace) -> None:
+    """Rank the iteration's inbox predictions: which to refine first."""
+    from iterseg.worklist import worklist
+
+    worklist(Path(args.predictions), Path(args.assembled), Path(args.out))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """Curves and tables of a dataset's iterations."""
+    from iterseg.report import dataset_report
+
+    dataset_report(Path(args.results), args.iterations, Path(args.out))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Predict the frozen test set and score it (Dice, NSD)."""
     from iterseg.evaluate import HoldoutCase, evaluate_test_set, write_json
@@ -241,6 +286,11 @@ def cmd_promote(args: argparse.Namespace) -> None:
         Path(args.roi_yaml),
         parent,
     )
+    if args.effort:
+        manifest["annotation_effort"] = {
+            "summary": json.loads(Path(args.effort).read_text())["summary"],
+            "file": args.effort,
+        }
     latest = current_latest(results)
     latest_manifest = None
     if latest is not None and (results / latest / MANIFEST_FILE).is_file():
@@ -301,6 +351,11 @@ def cmd_status(args: argparse.Namespace) -> None:
     if not results.is_dir():
         raise IterSegError(f"{results}: no results yet for dataset {args.dataset!r}; run snakemake first.")
     sys.stdout.write(status_table(results) + "\n")
+    from iterseg.report import refine_next
+
+    advice = refine_next(results)
+    if advice:
+        sys.stdout.write(advice + "\n")
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
@@ -415,6 +470,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the iteration's results folder")
     p.add_argument("--output", required=True)
 
+    p = _add(sub, "qc", cmd_qc, "QC pictures of an iteration's predictions (inbox and test set)")
+    p.add_argument("--results", required=True, help="the iteration's results folder")
+    p.add_argument("--inbox", required=True)
+    p.add_argument("--assembled", required=True, help="the iteration's assembled.json")
+    p.add_argument("--roi-yaml", required=True)
+    p.add_argument("--modality", default="CT", choices=["CT", "MR"])
+    p.add_argument("--out", required=True, help="folder for the PNGs")
+
+    p = _add(sub, "worklist", cmd_worklist, "rank inbox predictions by how much refining them would teach")
+    p.add_argument("--predictions", required=True, help="the iteration's predictions.json")
+    p.add_argument("--assembled", required=True, help="the iteration's assembled.json (annotated volumes)")
+    p.add_argument("--out", required=True, help="worklist CSV")
+
+    p = _add(sub, "report", cmd_report, "learning curves, annotation effort and training curves of a dataset")
+    p.add_argument("--results", required=True, help="results/<dataset>")
+    p.add_argument("--iterations", nargs="+", required=True, help="iteration dates, oldest first")
+    p.add_argument("--out", required=True)
+
+    p = _add(
+        sub,
+        "effort",
+        cmd_effort,
+        "annotation effort: new annotations vs the earlier predictions they refined",
+    )
+    p.add_argument("--assembled", required=True, help="the iteration's assembled.json")
+    p.add_argument("--predictions", nargs="*", default=[], help="earlier iterations' predictions.json")
+    p.add_argument("--nsd-tolerance-mm", type=float, default=2.0)
+    p.add_argument("--out-json", required=True)
+    p.add_argument("--out-csv", required=True)
+
     p = _add(
         sub, "promote", cmd_promote, "write the manifest, gate the iteration, move `latest` if it passes"
     )
@@ -428,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roi-yaml", required=True)
     p.add_argument("--config-json", required=True, help="the validated workflow config, as JSON")
     p.add_argument("--previous", help="the previous iteration's iteration.json")
+    p.add_argument("--effort", help="the iteration's annotation_effort.json")
     p.add_argument(
         "--max-dice-drop", default="0.02", help="allowed drop of test mean Dice vs `latest`; none: no gate"
     )

@@ -258,26 +258,45 @@ def _reason(exc: Exception) -> str:
     return lines[-1][:300] if lines else type(exc).__name__
 
 
-def wait_for_folds(jobs: Sequence[FoldJob]) -> dict[str, Path]:
+def wait_for_folds(
+    jobs: Sequence[FoldJob], timeout_s: float | None = None, poll_s: float = 10.0
+) -> dict[str, Path]:
     """Wait for every fold job; return each fold's ``checkpoint_final.pth``.
+
+    Parameters
+    ----------
+    jobs
+        From :func:`submit_folds`.
+    timeout_s
+        Give up waiting after this many seconds (the jobs keep running); None waits as long
+        as they run.
+    poll_s
+        How often to ask the scheduler.
 
     Raises
     ------
     SubmitError
-        Naming every fold that failed, its job and its log; submitting the same folds again
-        continues each from its last checkpoint.
+        Naming every fold that failed, its job and its log (submitting the same folds again
+        continues each from its last checkpoint); or the folds still running at the timeout.
 
     """
+    import time
+
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while deadline is not None and not all(j.job.done() for j in jobs):
+        if time.monotonic() > deadline:
+            running = [f"fold {j.fold} (job {j.job.job_id})" for j in jobs if not j.job.done()]
+            raise SubmitError(f"still running after {timeout_s:.0f} s: {', '.join(running)}")
+        time.sleep(poll_s)
     done: dict[str, Path] = {}
     failed = []
     for fold_job in jobs:
         try:
             done[fold_job.fold] = Path(fold_job.job.result())
         except Exception as exc:
-            last = _reason(exc)
             logger.debug("fold %s failed: %s", fold_job.fold, exc)
             failed.append(
-                f"fold {fold_job.fold} (job {fold_job.job.job_id}: {last.strip()[:300]}); see {fold_job.log}"
+                f"fold {fold_job.fold} (job {fold_job.job.job_id}: {_reason(exc)}); see {fold_job.log}"
             )
     if failed:
         raise SubmitError(

@@ -466,6 +466,10 @@ def demo_plan() -> dict[str, list[DemoCase]]:
     # P011 comes with its liver drawn and its tumours not yet: a partially labelled case.
     second = [DemoCase(f"P{n:03d}", seed=n, annotation=kind(n), partial=n == 11) for n in range(8, 12)]
     second += [DemoCase(f"P{n:03d}", seed=n, annotation="SEG-dcmqi", tag="v2") for n in rough]
+    # P103 was an inbox case: the first iteration predicted it, a researcher corrected that
+    # prediction in 3D Slicer, and it comes back annotated. The second iteration's annotation
+    # effort compares the two.
+    second += [DemoCase("P103", seed=103, annotation="SEG-dcmqi", tag="refined")]
     inbox = [DemoCase(f"P{n:03d}", seed=n, annotation="") for n in (101, 102, 103)]
     return {
         f"{SNAPSHOT_DATES[0]}__{DEMO_DATASET}": first,

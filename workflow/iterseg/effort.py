@@ -7,12 +7,17 @@ this is a label-free signal of progress, and the quantity the loop is meant to s
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
 
 from iterseg.metrics import UNSCORED_LABELS, dice, surface_dice
 
@@ -240,3 +245,131 @@ def summarise_effort(cases: Sequence[CaseEffort]) -> dict[str, object]:
         "slices_edited_fraction": round(edited / slices, 4) if slices else None,
         "labels": per_label,
     }
+
+
+@dataclass(frozen=True)
+class Seed:
+    """The prediction that seeded an annotation: which iteration made it, and its label map."""
+
+    iteration: str
+    case_id: str
+    label: Path
+
+
+def find_seeds(predictions: Sequence[Path]) -> dict[str, Seed]:
+    """Series UID -> the newest earlier prediction of it.
+
+    Parameters
+    ----------
+    predictions
+        Earlier iterations' ``predictions.json`` (``data/results/<dataset>/<date>/``), any order.
+
+    """
+    seeds: dict[str, Seed] = {}
+    for path in sorted(predictions, key=lambda p: p.parent.name):  # dates sort in time order
+        for entry in json.loads(path.read_text()):
+            seeds[entry["series_uid"]] = Seed(
+                path.parent.name, entry["case_id"], path.parent / entry["label"]
+            )
+    return seeds
+
+
+def _on_grid(moving: sitk.Image, fixed: sitk.Image, what: str) -> sitk.Image:
+    if (
+        moving.GetSize() == fixed.GetSize()
+        and np.allclose(moving.GetSpacing(), fixed.GetSpacing(), atol=1e-4)
+        and np.allclose(moving.GetOrigin(), fixed.GetOrigin(), atol=1e-3)
+        and np.allclose(moving.GetDirection(), fixed.GetDirection(), atol=1e-5)
+    ):
+        return moving
+    logger.warning("%s is not on the annotation's grid; resampled onto it (nearest neighbour)", what)
+    return sitk.Resample(moving, fixed, sitk.Transform(), sitk.sitkNearestNeighbor, 0, moving.GetPixelID())
+
+
+def iteration_effort(
+    assembled: Mapping[str, Any], predictions: Sequence[Path], tolerance_mm: float
+) -> dict[str, Any]:
+    """Compare every annotation new in this iteration with the earlier prediction of its series.
+
+    Parameters
+    ----------
+    assembled
+        The iteration's ``assembled.json`` (its records say which annotations are new or
+        refined, and where their faithful label maps are).
+    predictions
+        ``predictions.json`` of the earlier iterations.
+    tolerance_mm
+        Surface-Dice tolerance in mm (the dataset's NSD tolerance).
+
+    Returns
+    -------
+    dict
+        ``{"cases": [CaseEffort.as_dict() + seeded_by, patient_id, split], "summary": ...}``; no
+        cases (and zero counts) when no prediction was refined.
+
+    """
+    seeds = find_seeds(predictions)
+    labels = {k: int(v) for k, v in assembled["labels"].items()}
+    rows: list[dict[str, Any]] = []
+    efforts: list[CaseEffort] = []
+    for record in assembled["records"]:
+        seed = seeds.get(record["image_series_uid"])
+        if record["change"] not in ("new", "refined") or seed is None:
+            continue
+        refined = sitk.ReadImage(record["converted_label"])
+        predicted = _on_grid(sitk.ReadImage(str(seed.label)), refined, f"prediction {seed.label}")
+        spacing = tuple(reversed(refined.GetSpacing()))  # numpy axis order (z, y, x)
+        effort = case_effort(
+            record["case_id"],
+            sitk.GetArrayViewFromImage(predicted),
+            sitk.GetArrayViewFromImage(refined),
+            labels,
+            spacing,
+            tolerance_mm,
+        )
+        efforts.append(effort)
+        rows.append(
+            {
+                **effort.as_dict(),
+                "patient_id": record["patient_id"],
+                "split": record["split"],
+                "seeded_by": {"iteration": seed.iteration, "case_id": seed.case_id, "label": str(seed.label)},
+                "annotation_files": record["annotation_files"],
+            }
+        )
+    summary = summarise_effort(efforts)
+    logger.info(
+        "%d refined prediction(s): %s unedited, %s large edit(s), %s of their slices edited",
+        summary["cases"],
+        summary["unedited"],
+        summary["large_edits"],
+        summary["slices_edited"],
+    )
+    return {"cases": rows, "summary": summary}
+
+
+CSV_COLUMNS = (
+    "case_id", "patient_id", "seeded_by", "label", "dice", "nsd", "hd95_mm", "volume_predicted_ml",
+    "volume_refined_ml", "volume_change_ml", "volume_change_pct", "slices_edited", "unedited", "large_edit",
+)  # fmt: skip
+
+
+def write_effort(result: Mapping[str, Any], out_json: Path, out_csv: Path) -> None:
+    """The effort as JSON (everything) and CSV (one row per case and label, for spreadsheets)."""
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    with out_csv.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for case in result["cases"]:
+            for edit in case["labels"]:
+                writer.writerow(
+                    {
+                        **{k: ("" if v is None else v) for k, v in edit.items()},
+                        "case_id": case["case_id"],
+                        "patient_id": case["patient_id"],
+                        "seeded_by": case["seeded_by"]["iteration"],
+                        "unedited": case["unedited"],
+                        "large_edit": case["large_edit"],
+                    }
+                )

@@ -6,7 +6,7 @@ import json
 import logging
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from iterseg.nnunet_env import configure_nnunet
 from iterseg.plan import read_record
 from iterseg.roi import load_roi_terms
 from iterseg.seg_export import SegType
+from iterseg.worklist import fold_agreement, normalised_entropy
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ class Prediction:
     label: str
     seg: str | None  # None for NIfTI inputs: a SEG needs the DICOM series it annotates
     voxels_per_label: dict[str, int]
+    volume_ml: dict[str, float] = field(default_factory=dict)
+    mean_entropy: float = 0.0  # normalised entropy of the ensemble where foreground is plausible
+    fold_dice: dict[str, float | None] = field(default_factory=dict)  # pairwise agreement of the folds
 
 
 def discover_inbox(inbox: Path, modality: str) -> list[InboxCase]:
@@ -135,9 +139,18 @@ def predict_inbox(
     predictor = nnUNetPredictor(
         device=torch.device(device), perform_everything_on_device=device != "cpu", allow_tqdm=False
     )
-    predictor.initialize_from_trained_model_folder(
-        str(folder), use_folds=tuple(f if f == "all" else int(f) for f in folds)
-    )
+    use_folds = tuple(f if f == "all" else int(f) for f in folds)
+    predictor.initialize_from_trained_model_folder(str(folder), use_folds=use_folds)
+    # one predictor per fold as well, to see where the fold models disagree (the worklist's
+    # signal); nnU-Net's ensemble itself stays the prediction that is exported
+    per_fold = []
+    if len(use_folds) > 1:
+        for fold in use_folds:
+            single = nnUNetPredictor(
+                device=torch.device(device), perform_everything_on_device=device != "cpu", allow_tqdm=False
+            )
+            single.initialize_from_trained_model_folder(str(folder), use_folds=(fold,))
+            per_fold.append(single)
     # "ignore" marks unlabelled training voxels (partial labels); the network never predicts it.
     labels: dict[str, int] = {
         name: value for name, value in predictor.dataset_json["labels"].items() if name != IGNORE_LABEL
@@ -165,8 +178,12 @@ def predict_inbox(
         if array.ndim != 3:
             raise PredictionError(f"{case.nifti or case.folder}: expected a 3D image, got {array.ndim}D.")
         props = {"spacing": list(geometry["spacing"])[::-1]}
-        seg = predictor.predict_single_npy_array(array[None].astype(np.float32), props, None, None, False)
+        volume = array[None].astype(np.float32)
+        seg, probabilities = predictor.predict_single_npy_array(volume, props, None, None, True)
         seg = np.asarray(seg, dtype=np.uint8)
+        fold_segs = [
+            np.asarray(p.predict_single_npy_array(volume, props, None, None, False)) for p in per_fold
+        ]
         image = sitk.GetImageFromArray(seg)
         image.SetSpacing(geometry["spacing"])
         image.SetOrigin(geometry["origin"])
@@ -191,7 +208,16 @@ def predict_inbox(
         except SegExportError as exc:
             raise PredictionError(f"{case.folder}: {exc}") from exc
         counts = {name: int((seg == value).sum()) for name, value in labels.items() if value > 0}
-        logger.info("%s: predicted %s", case.case_id, counts)
+        voxel_ml = float(np.prod(geometry["spacing"])) / 1000.0
+        entropy = normalised_entropy(probabilities)
+        agreement = fold_agreement(fold_segs, labels)
+        logger.info(
+            "%s: predicted %s; uncertainty %.3f%s",
+            case.case_id,
+            counts,
+            entropy,
+            f", fold agreement (Dice) {agreement}" if agreement else "",
+        )
         results.append(
             Prediction(
                 case.case_id,
@@ -200,6 +226,9 @@ def predict_inbox(
                 str(label_rel),
                 str(seg_rel) if seg_rel else None,
                 counts,
+                {name: round(n * voxel_ml, 3) for name, n in counts.items()},
+                entropy,
+                agreement,
             )
         )
     for sub in ("labels", "seg"):

@@ -246,6 +246,14 @@ def previous_iteration(wildcards):
     return f"data/results/{prev.dataset}/{prev.date}/iteration.json"
 
 
+def earlier_predictions(wildcards):
+    """Every earlier iteration's inbox predictions: the seeds of this iteration's new annotations."""
+    snap = _snapshot(wildcards)
+    return [
+        f"data/results/{s.dataset}/{s.date}/predictions.json" for s in SNAPSHOTS[wildcards.dataset][: snap.index]
+    ]
+
+
 def inbox_dir(wildcards):
     return f"{RAW}/{wildcards.dataset}/{SETTINGS.inbox}"
 
@@ -256,6 +264,27 @@ def all_iterations(wildcards):
         for snaps in SNAPSHOTS.values()
         for snap in snaps
     ]
+
+
+def dataset_iterations(wildcards):
+    return [
+        f"data/results/{snap.dataset}/{snap.date}/iteration.json" for snap in SNAPSHOTS[wildcards.dataset]
+    ]
+
+
+def iteration_dates(wildcards):
+    return [snap.date for snap in SNAPSHOTS[wildcards.dataset]]
+
+
+def report_targets(wildcards):
+    """QC pictures and worklist of every iteration, curves and tables of every dataset."""
+    targets = []
+    for name, snaps in SNAPSHOTS.items():
+        for snap in snaps:
+            targets += [f"data/results/{name}/{snap.date}/qc", f"data/results/{name}/{snap.date}/worklist.csv"]
+        if snaps:
+            targets.append(f"data/results/{name}/report/learning_curves.png")
+    return targets
 
 
 def previous_iteration_arg(wildcards, input):

@@ -1,4 +1,5 @@
-"""Evaluate: the iteration's fold ensemble on the frozen test set -> per-label Dice and surface Dice."""
+"""Evaluate: the iteration's fold ensemble on the frozen test set -> per-label Dice and surface Dice;
+and the annotation effort: how much researchers changed our earlier predictions."""
 
 
 rule evaluate_test:
@@ -30,3 +31,29 @@ rule evaluate_test:
         " --trainer {params.trainer:q} --folds {params.folds:q} --device {params.device:q} {params.gpus}"
         " --assembled {input.assembled:q} --nsd-tolerance-mm {params.tolerance:q}"
         " --out {params.out:q} --output {output.metrics:q} > {log:q} 2>&1"
+
+
+rule evaluate_effort:
+    input:
+        assembled="data/procdata/{dataset}/{date}__{dataset}/assembled.json",
+        predictions=earlier_predictions,
+    output:
+        json="data/results/{dataset}/{date}/annotation_effort.json",
+        csv=report(
+            "data/results/{dataset}/{date}/annotation_effort.csv",
+            caption="../report/annotation_effort.rst",
+            category="Annotation effort",
+            subcategory="{date}",
+        ),
+    log:
+        "data/results/{dataset}/{date}/logs/evaluate_effort.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        tolerance=nsd_tolerance,
+    shell:
+        "iterseg effort --assembled {input.assembled:q} --predictions {input.predictions:q}"
+        " --nsd-tolerance-mm {params.tolerance:q} --out-json {output.json:q} --out-csv {output.csv:q}"
+        " > {log:q} 2>&1"

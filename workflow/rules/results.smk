@@ -9,6 +9,7 @@ rule results_promote:
         folds=fold_records,
         predictions="data/results/{dataset}/{date}/predictions.json",
         metrics="data/results/{dataset}/{date}/test_metrics.json",
+        effort="data/results/{dataset}/{date}/annotation_effort.json",
         roi=roi_yaml,
         previous=previous_iteration,
     output:
@@ -28,6 +29,6 @@ rule results_promote:
         "iterseg promote --results {params.results:q} --iteration {wildcards.date:q}"
         " --plan-record {input.plan:q} --assembled {input.assembled:q}"
         " --fold-records {input.folds:q}"
-        " --predictions {input.predictions:q} --test-metrics {input.metrics:q}"
+        " --predictions {input.predictions:q} --test-metrics {input.metrics:q} --effort {input.effort:q}"
         " --roi-yaml {input.roi:q} --config-json {params.config:q} --max-dice-drop {params.max_drop:q}"
         " {params.previous} --output {output.summary:q} > {log:q} 2>&1"
