@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
-from iterseg.effort import case_effort, hd95, summarise_effort
+from iterseg.effort import case_effort, hd95, iteration_effort, summarise_effort
+from iterseg.errors import ConversionError
 
 pytestmark = pytest.mark.unit
 
@@ -77,3 +80,19 @@ def test_hd95_of_a_shifted_box_is_the_shift() -> None:
     assert hd95(a, b, (1.0, 1.0, 2.0)) == pytest.approx(4.0)
     with pytest.raises(ValueError, match="differ in shape"):
         hd95(a, b[:-1], (1.0, 1.0, 1.0))
+
+
+def test_an_old_assembled_record_names_the_fix(tmp_path: Path) -> None:
+    results = tmp_path / "2026-01-15"
+    results.mkdir()
+    (results / "predictions.json").write_text(
+        json.dumps([{"case_id": "P9", "series_uid": "1.2.3", "label": "labels/P9.nii.gz"}])
+    )
+    assembled = {
+        "labels": LABELS,
+        "records": [{"case_id": "P9_x", "image_series_uid": "1.2.3", "change": "new", "patient_id": "P9"}],
+    }
+    with pytest.raises(ConversionError, match="forcerun convert_assemble"):
+        iteration_effort(assembled, [results / "predictions.json"], 2.0)
+    assembled["records"][0]["change"] = "unchanged"  # only new or refined annotations are compared
+    assert iteration_effort(assembled, [results / "predictions.json"], 2.0)["summary"]["cases"] == 0

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from iterseg.errors import ConversionError
 from iterseg.metrics import UNSCORED_LABELS, dice, surface_dice
 
 logger = logging.getLogger(__name__)
@@ -316,6 +317,11 @@ def iteration_effort(
         seed = seeds.get(record["image_series_uid"])
         if record["change"] not in ("new", "refined") or seed is None:
             continue
+        if "converted_label" not in record:
+            raise ConversionError(
+                f"case {record['case_id']}: assembled.json predates the annotation-effort step (no "
+                "converted_label); re-assemble it: snakemake --forcerun convert_assemble"
+            )
         refined = sitk.ReadImage(record["converted_label"])
         predicted = _on_grid(sitk.ReadImage(str(seed.label)), refined, f"prediction {seed.label}")
         spacing = tuple(reversed(refined.GetSpacing()))  # numpy axis order (z, y, x)
