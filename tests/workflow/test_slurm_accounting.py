@@ -115,7 +115,7 @@ def test_folds_trained_through_submitit_without_snakemake(
     subprocess.run(
         [iterseg, "worklist", "--predictions", str(results / "predictions.json"),
          "--assembled", str(work / "assembled.json"), "--out", str(results / "worklist.csv")],
-        check=True, capture_output=True, timeout=120,
+        check=True, capture_output=True, timeout=120, cwd=project,  # record paths are relative to it
     )  # fmt: skip
     rows = list(csv.DictReader((results / "worklist.csv").open()))
     assert {r["signal"] for r in rows} == {"folds"} and all(r["lowest_fold_dice_label"] for r in rows)
