@@ -123,7 +123,6 @@ def test_unchanged_pairs_are_reused_and_only_the_new_one_converted(
     cases = convert_snapshot(snap, tmp_path / "c2", ROI, reuse_from=[tmp_path / "c1"])
     assert [c.patient_id for c in cases if c.conversion == "converted"] == ["P020"]
     assert {c.reused_from for c in cases if c.conversion == "reused"} == {"2026-01-15"}
-    assert len(list((tmp_path / "c2" / "imgtools").iterdir())) == 1  # one med-imagetools run
     for old in first:
         assert (tmp_path / "c2" / old.label).samefile(tmp_path / "c1" / old.label)
     report = json.loads((tmp_path / "c2" / "check.json").read_text())

@@ -16,8 +16,8 @@ from enum import StrEnum
 from pathlib import Path
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 
+from iterseg.dicom_series import dicom_files
 from iterseg.errors import SnapshotError
 from iterseg.roi import match_roi_name
 from iterseg.seg_export import ALGORITHM_NAME, LEGACY_ALGORITHM_NAMES, SEG_MANUFACTURER
@@ -138,20 +138,13 @@ def _datetime(ds: pydicom.Dataset) -> str:
 def scan_series(folder: Path, *more: Path) -> list[SeriesInfo]:
     """Group the DICOM files under ``folder`` (and ``more`` folders) by series, reading headers only.
 
-    Non-DICOM files are ignored (researchers' notes, OS metadata files, archives).
+    Files are DICOM by content, whatever their names (``I10``, ``label.seg``); non-DICOM files
+    (researchers' notes, OS metadata files, archives) and ``DICOMDIR`` indexes are ignored.
     """
     files: dict[str, list[Path]] = defaultdict(list)
     sops: dict[str, list[str]] = defaultdict(list)
     headers: dict[str, pydicom.Dataset] = {}
-    paths = sorted(
-        p for root in (folder, *more) for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
-    )
-    for path in paths:
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError):
-            logger.debug("skipping non-DICOM file %s", path)
-            continue
+    for path, ds in dicom_files(folder, *more):
         uid = str(getattr(ds, "SeriesInstanceUID", ""))
         if not uid or "Modality" not in ds:
             logger.debug("skipping DICOM without series/modality %s", path)

@@ -1,10 +1,10 @@
-"""Snapshot -> NIfTI cases with med-imagetools, loudly and incrementally.
+"""Snapshot -> NIfTI cases, loudly and incrementally.
 
-med-imagetools takes one mask modality per run, exits 0 when cases fail, names datasets after
-the input folder, caches its crawl next to the input and drops a case lacking any ROI. We
-choose the annotations ourselves (``iterseg.annotations``), convert only image/annotation pairs
-whose content was not converted before, run it once per annotation kind and set of drawn
-ROIs, and check every outcome against what a header scan of the snapshot says must come out.
+We choose the annotations ourselves (``iterseg.annotations``: DICOM by content, linked by the
+annotations' referenced series), convert only image/annotation pairs whose content was not
+converted before, and check every written label map against an independent reading of its
+annotation. Each pair is converted by ``iterseg.convert_case``; what replaced which part of
+med-imagetools' nnU-Net pipeline, and why, is in the README ("Conversion and med-imagetools").
 """
 
 from __future__ import annotations
@@ -15,15 +15,11 @@ import logging
 import os
 import re
 import shutil
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from iterseg.annotations import (
-    AnnotationKind,
     DuplicateRule,
     Selection,
     SeriesInfo,
@@ -32,9 +28,10 @@ from iterseg.annotations import (
     select_annotations,
 )
 from iterseg.archives import unpack_snapshot_archives
-from iterseg.convert_check import RTSTRUCT_TOLERANCE, RoiCheck, check_case
-from iterseg.errors import ConversionError, SnapshotError
-from iterseg.roi import label_values, load_roi_yaml
+from iterseg.convert_case import PairJob, PairResult, convert_pair
+from iterseg.convert_check import RTSTRUCT_TOLERANCE, RoiCheck
+from iterseg.errors import ConversionError
+from iterseg.roi import load_roi_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +39,7 @@ CASES_FILE = "cases.json"
 CHECK_FILE = "check.json"
 EXCLUDED_FILE = "excluded.json"
 # Part of every reuse key: bump when a change here alters what conversion writes.
-CONVERTER_VERSION = "2"
+CONVERTER_VERSION = "3"
 
 
 @dataclass(frozen=True)
@@ -68,6 +65,7 @@ class ConvertedCase:
     selection: str = ""  # why this annotation was chosen within its snapshot
     labels_present: list[str] = field(default_factory=list)
     missing_rois: list[str] = field(default_factory=list)
+    empty_labels: list[str] = field(default_factory=list)  # drawn (declared) but holding no voxel
     key: str = ""  # content of image + annotation + conversion settings
     conversion: str = "converted"  # or "reused"
     reused_from: str | None = None  # snapshot date whose NIfTI was reused
@@ -88,112 +86,6 @@ def reuse_key(image_hash: str, annotation_hash: str, roi_yaml: Path, modality: s
     parts = [image_hash, annotation_hash, hashlib.sha256(roi_yaml.read_bytes()).hexdigest()]
     parts += [modality, strategy, CONVERTER_VERSION]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
-
-
-def _staged_path(file: Path, snapshot: Path, image: SeriesInfo) -> Path:
-    try:
-        return file.resolve().relative_to(snapshot.resolve())
-    except ValueError:  # from an earlier snapshot, or unpacked from an archive
-        return (
-            Path(image.patient_id or "anon")
-            / f"outside-{hashlib.sha1(str(file.parent).encode()).hexdigest()[:10]}"
-            / file.name
-        )
-
-
-def stage_selection(snapshot: Path, selections: list[Selection], staged: Path) -> Path:
-    """A view holding only the selected image series and annotations (symlinks).
-
-    med-imagetools converts whatever it crawls and keeps the first of several annotations, so
-    the choice of what to convert is made before it runs.
-    """
-    if staged.exists():
-        shutil.rmtree(staged)
-    staged.mkdir(parents=True)
-    for sel in selections:
-        for file in (*sel.image.files, *sel.annotation.files):
-            if not file.is_file():
-                raise SnapshotError(
-                    f"{file}: recorded in an earlier conversion but missing now; snapshots are "
-                    "read-only once converted — restore the file."
-                )
-            target = staged / _staged_path(file, snapshot, sel.image)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(file.resolve(), target)
-    return staged
-
-
-def _run_imgtools(
-    snapshot: Path,
-    out: Path,
-    modality: str,
-    kind: AnnotationKind,
-    roi_labels: dict[str, list[str]],
-    mask_saving_strategy: str,
-    jobs: int,
-) -> list[Any]:
-    """One med-imagetools nnU-Net pipeline run; returns its per-sample results."""
-    from imgtools.io.nnunet_output import MaskSavingStrategy
-    from imgtools.io.sample_output import ExistingFileMode
-    from imgtools.nnunet_pipeline import nnUNetPipeline
-    from imgtools.transforms import Transformer
-
-    from iterseg.grid import GridPreservingTransform
-
-    if out.exists():
-        shutil.rmtree(out)  # a re-run into the same folder would become Dataset002
-    out.mkdir(parents=True)
-    pipeline = nnUNetPipeline(
-        input_directory=snapshot,
-        output_directory=out,
-        modalities=[modality, kind.value],
-        roi_match_map=roi_labels,
-        mask_saving_strategy=MaskSavingStrategy(mask_saving_strategy),
-        # Without this med-imagetools writes its cache into rawdata (<parent>/.imgtools).
-        crawl_directory=out / "crawl",
-        existing_file_mode=ExistingFileMode.FAIL,
-        n_jobs=jobs,
-    )
-    # Its built-in Resample interpolates masks linearly and erodes them (see iterseg.grid).
-    pipeline.transformer = Transformer([GridPreservingTransform()])
-    results = pipeline.run()
-    return [*results["success"], *results["failure"]]
-
-
-def _failure_message(result: Any) -> str:
-    info = result.to_dict()
-    folders = ", ".join(s["folder"] for s in info.get("samples", []))
-    return (
-        f"patient {info.get('PatientID')} ({folders}): {info.get('error_type')}: {info.get('error_message')}"
-    )
-
-
-def _check_label_numbering(imgtools_out: Path, expected: dict[str, int], problems: list[str]) -> None:
-    """Our dataset.json numbers labels in ROI YAML order; med-imagetools must have done the same."""
-    for dataset_json in (imgtools_out / "nnUNet_raw").glob("Dataset*/dataset.json"):
-        labels = json.loads(dataset_json.read_text()).get("labels")
-        if labels != expected:
-            problems.append(f"{dataset_json}: med-imagetools numbered labels {labels}, expected {expected}")
-
-
-def _remap(label_file: Path, present: list[str], roi_labels: dict[str, list[str]], strategy: str) -> None:
-    """A run restricted to the drawn ROIs numbers them 1..k; give them their ROI YAML values."""
-    import SimpleITK as sitk
-
-    full = label_values(roi_labels)
-    if present == list(roi_labels):
-        return
-    image = sitk.ReadImage(str(label_file))
-    array = sitk.GetArrayFromImage(image)
-    out = np.zeros_like(array)
-    for index, name in enumerate(present, start=1):
-        if strategy == "region_mask":
-            out |= ((array >> (index - 1)) & 1).astype(array.dtype) << (full[name] - 1)
-        else:
-            out[array == index] = full[name]
-    remapped = sitk.GetImageFromArray(out)
-    remapped.CopyInformation(image)
-    sitk.WriteImage(remapped, str(label_file), useCompression=True)
 
 
 @dataclass(frozen=True)
@@ -261,61 +153,38 @@ def _earlier_index(
     return by_key, images
 
 
-def _convert_group(
-    snapshot: Path,
-    out: Path,
-    run_name: str,
-    pendings: list[_Pending],
-    modality: str,
-    kind: AnnotationKind,
-    roi_labels: dict[str, list[str]],
-    strategy: str,
-    jobs: int,
-    problems: list[str],
-) -> list[_Pending]:
-    """One med-imagetools run over pairs of one annotation kind drawing the same ROIs."""
-    present = list(pendings[0].present)
-    subset = {name: roi_labels[name] for name in present}
-    staged = stage_selection(
-        snapshot, [p.selection for p in pendings], out / "staged" / run_name / snapshot.name
-    )
-    imgtools_out = out / "imgtools" / run_name
-    results = _run_imgtools(staged, imgtools_out, modality, kind, subset, strategy, jobs)
-    _check_label_numbering(imgtools_out, label_values(subset), problems)
-    by_uid = {p.selection.image.series_uid: p for p in pendings}
-    done: list[_Pending] = []
-    for result in results:
-        if not result.success:
-            problems.append(_failure_message(result))
-            continue
-        image_uid = {s.Modality: str(s.SeriesInstanceUID) for s in result.sample}.get(modality)
-        if image_uid not in by_uid:
-            problems.append(f"med-imagetools produced an unexpected sample {result.to_dict()}")
-            continue
-        pending = by_uid[image_uid]
-        image_files = [Path(f) for f in result.output_files if Path(f).parent.name.startswith("images")]
-        label_files = [Path(f) for f in result.output_files if Path(f).parent.name.startswith("labels")]
-        if len(image_files) != 1 or len(label_files) != 1:
-            problems.append(
-                f"patient {pending.selection.image.patient_id}: expected one image and one label file, "
-                f"med-imagetools wrote {[str(f) for f in result.output_files]}"
+def _jobs(
+    pendings: list[_Pending], out: Path, roi_labels: dict[str, list[str]], strategy: str
+) -> list[PairJob]:
+    jobs = []
+    for pending in pendings:
+        image, ann = pending.selection.image, pending.selection.annotation
+        cid = case_id(image.patient_id, image.series_uid)
+        jobs.append(
+            PairJob(
+                case_id=cid,
+                patient_id=image.patient_id,
+                image_files=tuple(image.files),
+                annotation_kind=ann.modality,
+                annotation_files=tuple(ann.files),
+                image_out=out / "cases" / f"{cid}_0000.nii.gz",
+                label_out=out / "cases" / f"{cid}.nii.gz",
+                roi_labels=roi_labels,
+                strategy=strategy,
             )
-            continue
-        cid = case_id(pending.selection.image.patient_id, image_uid)
-        os.replace(image_files[0], out / "cases" / f"{cid}_0000.nii.gz")
-        os.replace(label_files[0], out / "cases" / f"{cid}.nii.gz")
-        _remap(out / "cases" / f"{cid}.nii.gz", present, roi_labels, strategy)
-        done.append(pending)
-    failed = {str(s.SeriesInstanceUID) for r in results if not r.success for s in r.sample}
-    produced = {p.selection.image.series_uid for p in done}
-    for uid, pending in by_uid.items():
-        if uid not in produced and uid not in failed:
-            sel = pending.selection
-            problems.append(
-                f"patient {sel.image.patient_id} ({sel.annotation.folder}): med-imagetools skipped this "
-                f"{kind.value} without an error; check that it references {sel.image.folder}"
-            )
-    return done
+        )
+    return jobs
+
+
+def _run_pairs(jobs: list[PairJob], workers: int) -> list[PairResult]:
+    """Convert pairs, in worker processes when there are several; every worker ends with the call."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [convert_pair(job) for job in jobs]
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn")) as pool:
+        return list(pool.map(convert_pair, jobs))
 
 
 def convert_snapshot(
@@ -342,9 +211,9 @@ def convert_snapshot(
     modality
         CT or MR.
     mask_saving_strategy
-        med-imagetools' strategy for overlapping ROIs.
+        How overlapping ROIs share the label map (med-imagetools' strategies).
     jobs
-        Parallel workers for med-imagetools.
+        Worker processes converting pairs in parallel.
     allow_unrefined
         Train on our own predictions dropped back unedited (excluded and reported by default).
     duplicates
@@ -364,7 +233,8 @@ def convert_snapshot(
     Raises
     ------
     ConversionError
-        If med-imagetools failed any case or dropped one silently; the message lists each case.
+        If any pair cannot be converted exactly (one line per case: file, cause, fix) or the
+        conversion check finds a difference.
 
     """
     roi_labels = load_roi_yaml(roi_yaml)
@@ -379,14 +249,15 @@ def convert_snapshot(
     date = snapshot.name.split("__")[0]
     converted: list[ConvertedCase] = []
     reused_checks: list[dict[str, Any]] = []
-    groups: dict[tuple[str, tuple[str, ...]], list[_Pending]] = defaultdict(list)
+    pendings: list[_Pending] = []
     problems: list[str] = []
     for sel in selected.values():
         present = tuple(present_labels(sel.annotation, roi_labels))
         if not present:
             problems.append(
-                f"patient {sel.image.patient_id} ({sel.annotation.files[0]}): none of its ROIs "
-                f"({', '.join(sel.annotation.roi_names) or 'none'}) matches a label of {roi_yaml}"
+                f"patient {sel.image.patient_id}: {sel.annotation.files[0]}: none of its ROIs "
+                f"({', '.join(sel.annotation.roi_names) or 'none'}) matches a label of {roi_yaml}; rename "
+                "the ROI or add its name to a label's regexes"
             )
             continue
         image_hash, ann_hash = content_hash(sel.image.files), content_hash(sel.annotation.files)
@@ -399,11 +270,16 @@ def convert_snapshot(
         )
         hit = earlier.get(pending.key)
         if hit is None:
-            groups[(sel.annotation.modality, present)].append(pending)
+            pendings.append(pending)
             continue
         folder, old = hit
         record = _record(
-            pending, date, roi_labels, conversion="reused", reused_from=old.reused_from or old.snapshot
+            pending,
+            date,
+            roi_labels,
+            conversion="reused",
+            reused_from=old.reused_from or old.snapshot,
+            empty_labels=old.empty_labels,
         )
         link_or_copy(folder / old.image, out / record.image)
         link_or_copy(folder / old.label, out / record.label)
@@ -415,46 +291,25 @@ def convert_snapshot(
         converted.append(record)
         logger.info("patient %s: unchanged since %s, NIfTI reused", sel.image.patient_id, record.reused_from)
     (out / EXCLUDED_FILE).write_text(json.dumps([asdict(e) for e in excluded], indent=2))
-    new: list[ConvertedCase] = []
-    for number, ((kind_name, present), pendings) in enumerate(sorted(groups.items())):
-        run_name = f"{kind_name.lower()}-{number}"
-        logger.info(
-            "%s: converting %d %s + %s pair(s) drawing %s with med-imagetools",
-            snapshot.name,
-            len(pendings),
-            modality,
-            kind_name,
-            ", ".join(present),
-        )
-        done = _convert_group(
-            snapshot,
-            out,
-            run_name,
-            pendings,
-            modality,
-            AnnotationKind(kind_name),
-            roi_labels,
-            mask_saving_strategy,
-            jobs,
-            problems,
-        )
-        new += [_record(p, date, roi_labels) for p in done]
+    logger.info(
+        "%s: converting %d %s pair(s) (%d reused)", snapshot.name, len(pendings), modality, len(converted)
+    )
+    pendings.sort(key=lambda p: case_id(p.selection.image.patient_id, p.selection.image.series_uid))
+    results = _run_pairs(_jobs(pendings, out, roi_labels, mask_saving_strategy), jobs)
+    new = [
+        _record(p, date, roi_labels, empty_labels=list(r.empty_labels))
+        for p, r in zip(pendings, results, strict=True)
+        if not r.error
+    ]
+    problems += [r.error for r in results if r.error]
     if problems:
         raise ConversionError(
             f"{snapshot}: {len(problems)} case(s) could not be converted:\n  "
             + "\n  ".join(problems)
-            + "\nFix the annotation (e.g. ROI names matching "
-            f"{roi_yaml}) or move the case out of the snapshot; rawdata was not changed."
+            + "\nEach line names the file, the cause and the fix (or move the case out of the snapshot); "
+            "rawdata was not changed."
         )
-    verify_conversion(
-        snapshot,
-        out,
-        sorted(new, key=lambda c: c.case_id),
-        selected,
-        roi_labels,
-        mask_saving_strategy,
-        reused_checks,
-    )
+    report_check(snapshot, out, results, reused_checks)
     converted = sorted(converted + new, key=lambda c: c.case_id)
     (out / CASES_FILE).write_text(json.dumps([asdict(c) for c in converted], indent=2))
     partial = [c for c in converted if c.missing_rois]
@@ -470,16 +325,10 @@ def convert_snapshot(
     return converted
 
 
-def verify_conversion(
-    snapshot: Path,
-    out: Path,
-    converted: list[ConvertedCase],
-    expected: dict[str, Selection],
-    roi_labels: dict[str, list[str]],
-    strategy: str,
-    reused: list[dict[str, Any]] | None = None,
+def report_check(
+    snapshot: Path, out: Path, results: list[PairResult], reused: list[dict[str, Any]] | None = None
 ) -> list[RoiCheck]:
-    """Re-derive every newly converted label map from its annotation; write ``out/check.json``.
+    """Write ``out/check.json`` from the pairs' conversion checks; stop on any mismatch.
 
     Rows of reused cases (checked when first converted) are carried over into the report.
 
@@ -489,27 +338,12 @@ def verify_conversion(
         Naming each case and ROI whose voxels differ beyond the tolerance of its annotation kind.
 
     """
-    from tqdm import tqdm
-
-    checks: list[RoiCheck] = []
-    voxels = 0
-    for case in tqdm(converted, desc="conversion check", unit="case", disable=None):
-        image, annotation = expected[case.image_series_uid].image, expected[case.image_series_uid].annotation
-        checks += check_case(
-            case.case_id,
-            case.patient_id,
-            out / case.label,
-            image.files,
-            annotation.modality,
-            annotation.files[0],
-            roi_labels,
-            strategy,
-        )
-        voxels += int(np.prod(sitk_size(out / case.label)))
+    checks = [c for r in results for c in r.checks]
+    voxels = sum(r.voxels for r in results)
     bad = [c for c in checks if not c.ok]
     report = {
         "snapshot": snapshot.name,
-        "cases": len(converted),
+        "cases": len(results),
         "rois_compared": len(checks),
         "voxels_compared": voxels,
         "mismatches": len(bad),
@@ -521,7 +355,7 @@ def verify_conversion(
     logger.info(
         "conversion check %s: %d case(s), %d ROI(s), %d voxels compared, %d mismatch(es)",
         snapshot.name,
-        len(converted),
+        len(results),
         len(checks),
         voxels,
         len(bad),

@@ -9,10 +9,60 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.errors import InvalidDicomError
 
 from iterseg.errors import PredictionError
 
 logger = logging.getLogger(__name__)
+
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # the DICOMDIR of a CD/USB export
+# A file without the 128-byte preamble starts with its first element's group number
+# (little endian): 0x0002 (file meta) or 0x0008 (identification), as old scanner exports do.
+_RAW_STARTS = (b"\x02\x00", b"\x08\x00")
+_REQUIRED = ("SOPInstanceUID", "SeriesInstanceUID", "Modality")
+
+
+def read_header(path: Path) -> pydicom.Dataset | None:
+    """The header of a DICOM file, recognised by content whatever its name; None for anything else.
+
+    A file is DICOM if it has the preamble and ``DICM`` prefix, or (exports without preamble)
+    if it parses as a data set carrying SOP/series UIDs and a modality. ``DICOMDIR`` index files
+    describe an export but hold no image, and are skipped.
+    """
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError:
+        try:
+            with path.open("rb") as handle:
+                if handle.read(2) not in _RAW_STARTS:
+                    return None
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            if not all(ds.get(key) for key in _REQUIRED):
+                return None
+        except Exception:  # force-parsing arbitrary bytes can fail in many ways
+            return None
+    except (OSError, EOFError, ValueError, KeyError, TypeError):
+        return None
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY:
+        logger.debug("skipping DICOMDIR %s", path)
+        return None
+    return ds
+
+
+def dicom_files(*folders: Path) -> list[tuple[Path, pydicom.Dataset]]:
+    """Every DICOM file below ``folders`` with its header, by content (hidden files skipped)."""
+    found = []
+    paths = sorted(
+        p for root in folders for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
+    )
+    for path in paths:
+        ds = read_header(path)
+        if ds is None:
+            logger.debug("skipping non-DICOM file %s", path)
+            continue
+        found.append((path, ds))
+    return found
 
 
 @dataclass(frozen=True)
@@ -72,11 +122,7 @@ def find_image_series(folder: Path, modality: str | tuple[str, ...]) -> list[Ima
     """All series of ``modality`` (one or several) below ``folder``, each sorted geometrically."""
     modalities = (modality,) if isinstance(modality, str) else modality
     grouped: dict[str, list[tuple[pydicom.Dataset, Path]]] = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception:
-            continue
+    for path, ds in dicom_files(folder):
         if getattr(ds, "Modality", None) not in modalities or "ImagePositionPatient" not in ds:
             continue
         grouped.setdefault(str(ds.SeriesInstanceUID), []).append((ds, path))

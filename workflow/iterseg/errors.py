@@ -43,3 +43,10 @@ class EvaluationError(IterSegError):
 
 class SegExportError(IterSegError):
     """A label image cannot be written as a correct DICOM-SEG of its reference series."""
+
+
+class GeometryError(SegExportError, ConversionError):
+    """An image series or annotation is not on one regular voxel grid (missing slice, tilt, ...).
+
+    Both export and conversion need the grid, so both kinds of caller catch it.
+    """

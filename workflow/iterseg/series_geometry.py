@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 
 from iterseg.dicom_series import ImageSeries, slice_normal
-from iterseg.errors import SegExportError
+from iterseg.errors import GeometryError
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def series_grid(series: ImageSeries) -> Grid:
 
     Raises
     ------
-    SegExportError
+    GeometryError
         Naming the series, for mixed orientations, pixel sizes or matrix sizes, gantry tilt
         (slices offset off the normal) or uneven slice spacing (a missing slice).
 
@@ -53,14 +53,16 @@ def series_grid(series: ImageSeries) -> Grid:
     row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
     for ds, path in zip(datasets, series.files, strict=True):
         if not np.allclose(np.asarray(ds.ImageOrientationPatient, float), iop, atol=1e-4):
-            raise SegExportError(
-                f"{where}: {path.name} has another ImageOrientationPatient; mixed orientations."
+            raise GeometryError(
+                f"{where}: {path.name} has another ImageOrientationPatient; mixed orientations: keep one "
+                "acquisition per series folder."
             )
         if (int(ds.Rows), int(ds.Columns)) != (rows, cols) or not np.allclose(
             [float(v) for v in ds.PixelSpacing], [row_spacing, col_spacing], rtol=1e-4
         ):
-            raise SegExportError(
-                f"{where}: {path.name} has another matrix or pixel size than the first slice."
+            raise GeometryError(
+                f"{where}: {path.name} has another matrix or pixel size than the first slice; the series "
+                "mixes acquisitions: re-export it, or keep one acquisition per series."
             )
     positions = np.array([np.asarray(ds.ImagePositionPatient, float) for ds in datasets])
     if len(datasets) > 1:
@@ -68,7 +70,7 @@ def series_grid(series: ImageSeries) -> Grid:
         along = steps @ normal
         across = np.linalg.norm(steps - np.outer(along, normal), axis=1)
         if np.max(across) > TOLERANCE * min(row_spacing, col_spacing):
-            raise SegExportError(
+            raise GeometryError(
                 f"{where}: slices are offset across the slice normal by up to {np.max(across):.2f} mm "
                 "(gantry tilt); a SEG of it would be misplaced. Resample the series to an untilted "
                 "grid first (e.g. 3D Slicer's or dcm2niix's tilt correction) and annotate that."
@@ -76,9 +78,10 @@ def series_grid(series: ImageSeries) -> Grid:
         spacing = float(np.median(along))
         if np.max(np.abs(along - spacing)) > TOLERANCE * spacing:
             gaps = ", ".join(f"{v:.3f}" for v in np.unique(np.round(along, 3)))
-            raise SegExportError(
+            raise GeometryError(
                 f"{where}: slice spacing is uneven ({gaps} mm); "
-                "a slice is missing or the series mixes acquisitions. Export needs the complete series."
+                "a slice is missing or the series mixes acquisitions; re-export the complete series from "
+                "the scanner or PACS, or leave it out of the snapshot."
             )
     else:
         spacing = float(
