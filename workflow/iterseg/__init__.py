@@ -1,3 +1,3 @@
-"""iterseg: annotated DICOM snapshots -> med-imagetools -> nnU-Net (fine-tuned) -> DICOM-SEG."""
+"""iterseg: annotated DICOM snapshots -> checked NIfTI -> nnU-Net (fine-tuned) -> DICOM-SEG."""
 
 __version__ = "0.1.0"

@@ -1,7 +1,7 @@
 """Which annotation of which image series a snapshot contributes, decided from DICOM headers.
 
-med-imagetools converts whatever it crawls and keeps the first of several annotations; the
-choice is made here instead, explicitly: by the annotation's referenced series (not folder
+med-imagetools' pipeline converted whatever it crawled and kept the first of several annotations;
+the choice is made here instead, explicitly: by the annotation's referenced series (not folder
 names), leaving out our own unedited predictions, and refusing two annotations of one series
 unless the config names a rule.
 """

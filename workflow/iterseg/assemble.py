@@ -271,7 +271,7 @@ def assemble_dataset(
         "new": sum(r["change"] == "new" for r in records),
         "refined": sum(r["change"] == "refined" for r in records),
         "superseded": sum(1 for r in records if any(not s["same_content"] for s in r["superseded"])),
-        # of the iteration's own snapshot: what this iteration had to run med-imagetools on
+        # of the iteration's own snapshot: what this iteration had to convert
         "converted": sum(c.conversion == "converted" for c in own),
         "reused": sum(c.conversion == "reused" for c in own),
         "partial_cases": sum(1 for r in records if r["split"] != "test" and r["missing_rois"]),

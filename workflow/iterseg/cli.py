@@ -1,6 +1,6 @@
 """``iterseg`` command line: one sub-command per workflow step, each a thin layer over the package.
 
-Heavy imports (torch, nnU-Net, med-imagetools) happen inside the commands so ``--help`` is instant.
+Heavy imports (torch, nnU-Net, highdicom) happen inside the commands so ``--help`` is instant.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def cmd_demo_data(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    """Convert one snapshot with med-imagetools, reusing unchanged pairs of earlier snapshots."""
+    """Convert one snapshot to NIfTI cases, reusing unchanged pairs of earlier snapshots."""
     from iterseg.annotations import DuplicateRule
     from iterseg.convert import convert_snapshot
 
@@ -394,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "demo-data", cmd_demo_data, "write the synthetic demo dataset (2 snapshots + inbox)")
     p.add_argument("directory", help="dataset folder to create, e.g. data/rawdata/demo")
 
-    p = _add(sub, "convert", cmd_convert, "convert one snapshot to NIfTI cases with med-imagetools")
+    p = _add(sub, "convert", cmd_convert, "convert one snapshot to checked NIfTI cases")
     p.add_argument("--snapshot", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--roi-yaml", required=True)

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 
 from iterseg.convert_check import RoiCheck, check_case
-from iterseg.dicom_series import ImageSeries, sort_by_position
+from iterseg.dicom_series import ImageSeries, read_dataset, sort_by_position
 from iterseg.errors import ConversionError, PredictionError
 from iterseg.label_grid import LabelCanvas, MaskStrategy, SliceGrid, slice_grid
 from iterseg.nifti import write_nifti
@@ -59,7 +58,7 @@ class PairResult:
 
 
 def _image_series(job: PairJob) -> tuple[ImageSeries, SliceGrid]:
-    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in job.image_files]
+    headers = [read_dataset(f, stop_before_pixels=True) for f in job.image_files]
     try:
         datasets, files = sort_by_position(headers, list(job.image_files))
     except PredictionError as exc:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from iterseg.dicom_series import sort_by_position
+from iterseg.dicom_series import read_dataset, sort_by_position
 from iterseg.errors import ConversionError
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def expected_from_seg(
     """
     import highdicom as hd
 
-    seg = hd.seg.segread(seg_path)
+    seg = hd.seg.Segmentation.from_dataset(read_dataset(seg_path), copy=False)
     names = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence}
     uids = [str(ds.SOPInstanceUID) for ds in source]
     drawn: dict[int, np.ndarray] = {}
@@ -150,7 +150,7 @@ def expected_from_rtstruct(
     """
     from skimage.draw import polygon
 
-    rt = pydicom.dcmread(rt_path)
+    rt = read_dataset(rt_path)
     names = {int(r.ROINumber): str(r.ROIName) for r in rt.StructureSetROISequence}
     to_label = _match_labels(names, roi_labels)
     first = source[0]
@@ -230,7 +230,7 @@ def check_case(
     headers = (
         list(source)
         if source is not None
-        else [pydicom.dcmread(f, stop_before_pixels=True) for f in image_files]
+        else [read_dataset(f, stop_before_pixels=True) for f in image_files]
     )
     source, _ = sort_by_position(headers, list(image_files))
     label_image = sitk.ReadImage(str(label_file))

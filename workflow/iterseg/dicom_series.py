@@ -50,6 +50,14 @@ def read_header(path: Path) -> pydicom.Dataset | None:
     return ds
 
 
+def read_dataset(path: Path, *, stop_before_pixels: bool = False) -> pydicom.Dataset:
+    """Read a file :func:`read_header` recognised as DICOM, with or without its preamble."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+
+
 def dicom_files(*folders: Path) -> list[tuple[Path, pydicom.Dataset]]:
     """Every DICOM file below ``folders`` with its header, by content (hidden files skipped)."""
     found = []
@@ -138,7 +146,7 @@ def find_image_series(folder: Path, modality: str | tuple[str, ...]) -> list[Ima
 def read_volume(series: ImageSeries) -> tuple[np.ndarray, dict[str, tuple[float, ...]]]:
     """Read pixel data as (slices, rows, columns) in ``series.files`` order, with SimpleITK geometry.
 
-    SimpleITK (GDCM) is what med-imagetools reads training images with, so intensities and
+    SimpleITK (GDCM) is what conversion reads training images with, so intensities and
     axis order match what nnU-Net was trained on.
     """
     import SimpleITK as sitk

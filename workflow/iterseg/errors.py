@@ -14,7 +14,7 @@ class SnapshotError(IterSegError):
 
 
 class ConversionError(IterSegError):
-    """med-imagetools could not convert one or more cases."""
+    """One or more cases could not be converted exactly."""
 
 
 class PlanTransferError(IterSegError):

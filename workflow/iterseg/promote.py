@@ -180,7 +180,7 @@ def status_table(results: Path) -> str:
     """A plain-text table of the finished iterations of one dataset, oldest first.
 
     Columns: cases trained on and held out, annotations new or refined since the previous
-    iteration, pairs med-imagetools converted (the rest reused), test Dice per label, and
+    iteration, pairs converted (the rest reused), test Dice per label, and
     whether the iteration was promoted and why.
     """
     current = current_latest(results)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
+from iterseg.dicom_series import read_dataset
 from iterseg.errors import ConversionError
 from iterseg.label_grid import LabelCanvas, SliceGrid
 from iterseg.roi import match_roi_name
@@ -123,7 +124,7 @@ def read_rtstruct(
         count), or lie off its slice planes.
 
     """
-    rt = pydicom.dcmread(rt_path)
+    rt = read_dataset(rt_path)
     label_of = {
         int(r.ROINumber): name
         for r in getattr(rt, "StructureSetROISequence", [])

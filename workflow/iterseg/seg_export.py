@@ -28,6 +28,26 @@ class SegType(StrEnum):
     LABELMAP = "labelmap"
 
 
+def character_set(source: pydicom.Dataset) -> str | list[str] | None:
+    """The source's Specific Character Set as highdicom accepts it; None for the default repertoire.
+
+    Real scanners write (0008,0005) present but empty (a GE CT), or multi-valued with an empty
+    first value (ISO 2022 code extensions); both mean the default repertoire for that value,
+    which highdicom rejects as ``''``.
+    """
+    value = source.get("SpecificCharacterSet")
+    values = (
+        [str(v) for v in value]
+        if isinstance(value, (list, pydicom.multival.MultiValue))
+        else [str(value or "")]
+    )
+    if not any(values):
+        return None
+    if len(values) == 1:
+        return values[0]
+    return ["ISO 2022 IR 6" if not v else v for v in values]
+
+
 def export_seg(
     label_map: np.ndarray,
     source: Sequence[pydicom.Dataset],
@@ -105,6 +125,7 @@ def export_seg(
         content_label="ITERSEG",
         content_description=series_description[:64],
         omit_empty_frames=bool(label_map.any()),  # highdicom needs one frame when all are empty
+        specific_character_set=character_set(source[0]),
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")

@@ -20,6 +20,7 @@ import numpy as np
 import pydicom
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from iterseg.dicom_series import read_dataset
 from iterseg.errors import GeometryError
 from iterseg.label_grid import LabelCanvas, SliceGrid
 from iterseg.roi import match_roi_name
@@ -57,7 +58,7 @@ def _frames(ds: pydicom.Dataset) -> Iterator[np.ndarray]:
     """Each frame's stored values, decoded one at a time for native transfer syntaxes."""
     rows, cols, count = int(ds.Rows), int(ds.Columns), int(getattr(ds, "NumberOfFrames", 1))
     bits = int(ds.BitsAllocated)
-    if ds.file_meta.TransferSyntaxUID not in _NATIVE:
+    if ds.file_meta.get("TransferSyntaxUID", ImplicitVRLittleEndian) not in _NATIVE:
         decoded = ds.pixel_array.reshape(count, rows, cols)  # encapsulated: pydicom's decoders
         yield from decoded
         return
@@ -78,8 +79,10 @@ def _frames(ds: pydicom.Dataset) -> Iterator[np.ndarray]:
 
 def _check_plane(ds: pydicom.Dataset, grid: SliceGrid, seg_path: Path) -> None:
     """The SEG's frames must have the image's matrix, pixel spacing and orientation."""
-    measures = _item(ds, None, "PixelMeasuresSequence")
-    orientation = _item(ds, None, "PlaneOrientationSequence")
+    frames = getattr(ds, "PerFrameFunctionalGroupsSequence", None)
+    first = frames[0] if frames else None  # some writers repeat the plane macros per frame
+    measures = _item(ds, first, "PixelMeasuresSequence")
+    orientation = _item(ds, first, "PlaneOrientationSequence")
     problems = []
     if (int(ds.Rows), int(ds.Columns)) != (grid.rows, grid.cols):
         problems.append(f"matrix {ds.Rows}x{ds.Columns} vs the image's {grid.rows}x{grid.cols}")
@@ -151,7 +154,7 @@ def read_seg(
         does not lie on one of its slices.
 
     """
-    ds = pydicom.dcmread(seg_path)
+    ds = read_dataset(seg_path)
     kind = SegmentationType(str(ds.SegmentationType))
     _check_plane(ds, grid, seg_path)
     value_of: dict[int, int] = {}

@@ -1,4 +1,4 @@
-"""Convert: a dated rawdata snapshot -> NIfTI cases (med-imagetools; pairs unchanged since an
+"""Convert: a dated rawdata snapshot -> NIfTI cases (checked against their DICOM; pairs unchanged since an
 earlier snapshot are reused) -> the iteration's nnU-Net raw dataset with its frozen test set."""
 
 
