@@ -292,7 +292,7 @@ def convert_snapshot(
         logger.info("patient %s: unchanged since %s, NIfTI reused", sel.image.patient_id, record.reused_from)
     (out / EXCLUDED_FILE).write_text(json.dumps([asdict(e) for e in excluded], indent=2))
     logger.info(
-        "%s: converting %d %s pair(s) (%d reused)", snapshot.name, len(pendings), modality, len(converted)
+        "%s: converting %d %s pair(s), %d reused", snapshot.name, len(pendings), modality, len(converted)
     )
     pendings.sort(key=lambda p: case_id(p.selection.image.patient_id, p.selection.image.series_uid))
     results = _run_pairs(_jobs(pendings, out, roi_labels, mask_saving_strategy), jobs)
