@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from iterseg.demo import image_reference, referenced_frame_of_reference
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
@@ -520,23 +521,7 @@ def write_rtstruct(series: Series, rois: Sequence[Roi], path: Path, *, tag: str 
     ds.StructureSetName = "CT_1"
     ds.StructureSetDate, ds.StructureSetTime = "20260420", "101500"
 
-    def image_ref(image: Dataset) -> Dataset:
-        item = Dataset()
-        item.ReferencedSOPClassUID = image.SOPClassUID
-        item.ReferencedSOPInstanceUID = image.SOPInstanceUID
-        return item
-
-    series_item = Dataset()
-    series_item.SeriesInstanceUID = ref.SeriesInstanceUID
-    series_item.ContourImageSequence = DicomSequence([image_ref(image) for image in series.planned])
-    study_item = Dataset()
-    study_item.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
-    study_item.ReferencedSOPInstanceUID = ref.StudyInstanceUID
-    study_item.RTReferencedSeriesSequence = DicomSequence([series_item])
-    frame_item = Dataset()
-    frame_item.FrameOfReferenceUID = ref.FrameOfReferenceUID
-    frame_item.RTReferencedStudySequence = DicomSequence([study_item])
-    ds.ReferencedFrameOfReferenceSequence = DicomSequence([frame_item])
+    ds.ReferencedFrameOfReferenceSequence = referenced_frame_of_reference(ref, series.planned)
 
     roi_seq, contour_seq, obs_seq = DicomSequence(), DicomSequence(), DicomSequence()
     for observation, roi in enumerate(rois, start=1):
@@ -551,7 +536,7 @@ def write_rtstruct(series: Series, rois: Sequence[Roi], path: Path, *, tag: str 
         contours = DicomSequence()
         for number, (k, polygon) in enumerate(roi.contours, start=1):
             contour = Dataset()
-            contour.ContourImageSequence = DicomSequence([image_ref(series.planned[k])])
+            contour.ContourImageSequence = DicomSequence([image_reference(series.planned[k])])
             contour.ContourGeometricType = "CLOSED_PLANAR"
             contour.NumberOfContourPoints = len(polygon)
             contour.ContourNumber = number

@@ -110,32 +110,37 @@ def _draw(job: PairJob, grid: SliceGrid) -> tuple[np.ndarray, tuple[str, ...]]:
 
 def convert_pair(job: PairJob) -> PairResult:
     """Convert and check one pair; a bad pair comes back with its one-line ``error``, not raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import SimpleITK as sitk
 
-    try:
-        series, grid = _image_series(job)
-        image = read_image(series, grid)
-        write_nifti(image, job.image_out)
-        array, empty = _draw(job, grid)
-        label = sitk.GetImageFromArray(array)
-        label.CopyInformation(image)
-        del image
-        write_nifti(label, job.label_out)
-        del label, array
-        checks = check_case(
-            job.case_id,
-            job.patient_id,
-            job.label_out,
-            series.files,
-            job.annotation_kind,
-            job.annotation_files[0],
-            job.roi_labels,
-            job.strategy,
-            source=series.datasets,
-        )
-    except ConversionError as exc:  # GeometryError too
-        for path in (job.image_out, job.label_out):
-            path.unlink(missing_ok=True)
-        return PairResult(job.case_id, error=f"patient {job.patient_id}: {exc}")
+    with ThreadPoolExecutor(1) as writer:  # the image compresses while the annotation is drawn
+        try:
+            series, grid = _image_series(job)
+            image = read_image(series, grid)
+            written = writer.submit(write_nifti, image, job.image_out)
+            array, empty = _draw(job, grid)
+            label = sitk.GetImageFromArray(array)
+            label.CopyInformation(image)
+            del image, array
+            write_nifti(label, job.label_out)
+            del label
+            checks = check_case(
+                job.case_id,
+                job.patient_id,
+                job.label_out,
+                series.files,
+                job.annotation_kind,
+                job.annotation_files[0],
+                job.roi_labels,
+                job.strategy,
+                source=series.datasets,
+            )
+            written.result()
+        except ConversionError as exc:  # GeometryError too
+            writer.shutdown(wait=True)
+            for path in (job.image_out, job.label_out):
+                path.unlink(missing_ok=True)
+            return PairResult(job.case_id, error=f"patient {job.patient_id}: {exc}")
     voxels = grid.rows * grid.cols * grid.slices
     return PairResult(job.case_id, checks, empty, voxels)

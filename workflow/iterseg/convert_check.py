@@ -17,18 +17,19 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pydicom
 
-from iterseg.dicom_series import read_dataset, sort_by_position
+from iterseg.dicom_series import contour_points, read_dataset, sort_by_position
 from iterseg.errors import ConversionError
 
 logger = logging.getLogger(__name__)
 
 RTSTRUCT_TOLERANCE = "differences only on pixels a contour line passes through (in-plane)"
+_SLAB = 16  # slices compared at a time
 _LINE_STEP = 0.2  # px between samples along a contour edge when marking the pixels it crosses
 
 
@@ -117,7 +118,10 @@ def expected_from_seg(
             ignore_spatial_locations=True,
             assert_missing_frames_are_empty=True,
         )[..., 0]
-        mask = pixels > 0.5 if pixels.dtype.kind == "f" else pixels > 0
+        if pixels.dtype.kind == "f":
+            mask = pixels > 0.5
+        else:  # in place: a second volume-sized array per segment is what peak memory is made of
+            mask = np.not_equal(pixels, 0, out=pixels.view(bool)) if pixels.itemsize == 1 else pixels > 0
         del pixels
         for k in np.flatnonzero(mask.any(axis=(1, 2))):
             _draw(expected, int(k), mask[k], value, strategy)
@@ -137,6 +141,42 @@ def _line_pixels(r: np.ndarray, c: np.ndarray, rows: int, cols: int) -> tuple[np
     return rr[keep], cc[keep]
 
 
+def _inside(polygons: list[tuple[np.ndarray, np.ndarray]], line: np.ndarray) -> np.ndarray:
+    """Even-odd interior of a slice's polygons, decided by matplotlib's point-in-polygon test.
+
+    Parity can only change across a contour line, so every 4-connected region of pixels no line
+    passes through is inside or outside as a whole: one test per region, plus one per line pixel.
+    """
+    from matplotlib.path import Path as Polygon
+    from scipy.ndimage import label
+
+    rows, cols = line.shape
+    every = np.concatenate([np.column_stack(p) for p in polygons])
+    r0, c0 = (max(int(np.floor(v)) - 1, 0) for v in every.min(axis=0))
+    r1, c1 = (int(np.ceil(v)) + 2 for v in every.max(axis=0))
+    r1, c1 = min(r1, rows), min(c1, cols)
+    inside = np.zeros((rows, cols), bool)
+    if r0 >= r1 or c0 >= c1:
+        return inside
+    band = line[r0:r1, c0:c1]
+    regions, count = label(~band)
+    flat = regions.ravel()
+    values, first = np.unique(flat, return_index=True)
+    representatives, region_of = first[values > 0], values[values > 0]
+    on_line = np.flatnonzero(flat == 0)
+    probes = np.concatenate([representatives, on_line])
+    centres = np.column_stack([probes // band.shape[1] + r0, probes % band.shape[1] + c0]).astype(float)
+    parity = np.zeros(len(probes), bool)
+    for r, c in polygons:
+        parity ^= Polygon(np.column_stack([r, c])).contains_points(centres)
+    regional = np.zeros(count + 1, bool)
+    regional[region_of] = parity[: len(representatives)]
+    result = regional[flat]
+    result[on_line] = parity[len(representatives) :]
+    inside[r0:r1, c0:c1] = result.reshape(band.shape)
+    return inside
+
+
 def expected_from_rtstruct(
     rt_path: Path,
     source: Sequence[pydicom.Dataset],
@@ -148,8 +188,6 @@ def expected_from_rtstruct(
 
     Returns (label -> pixels its contour lines pass through, label -> slices holding a contour).
     """
-    from skimage.draw import polygon
-
     rt = read_dataset(rt_path)
     names = {int(r.ROINumber): str(r.ROIName) for r in rt.StructureSetROISequence}
     to_label = _match_labels(names, roi_labels)
@@ -170,27 +208,26 @@ def expected_from_rtstruct(
         value = to_label.get(int(roi_contour.ReferencedROINumber))
         if value is None:
             continue
-        fills: dict[int, np.ndarray] = {}
+        per_slice: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
         line = lines.setdefault(value, shared if shared is not None else np.zeros(expected.shape, bool))
         slices = drawn.setdefault(value, np.zeros(len(source), bool))
         for contour in getattr(roi_contour, "ContourSequence", []):
             if str(getattr(contour, "ContourGeometricType", "CLOSED_PLANAR")) != "CLOSED_PLANAR":
                 continue
-            points = np.asarray(contour.ContourData, float).reshape(-1, 3)
+            points = contour_points(contour)
             k = int(np.argmin(np.abs(positions - float(np.dot(points[0], normal)))))
             if abs(positions[k] - np.dot(points[0], normal)) > abs(thickness) / 2:
                 continue  # contour between slices: no image slice carries it
             offset = points - np.asarray(source[k].ImagePositionPatient, float)
-            c = offset @ row_dir / spacing[1]
-            r = offset @ col_dir / spacing[0]
-            inside = fills.setdefault(k, np.zeros((rows, cols), bool))
-            rr, cc = polygon(r, c, shape=(rows, cols))
-            inside[rr, cc] ^= True  # even-odd: a contour inside another is a hole
-            pr, pc = _line_pixels(r, c, rows, cols)
-            line[k, pr, pc] = True
+            per_slice.setdefault(k, []).append((offset @ col_dir / spacing[0], offset @ row_dir / spacing[1]))
+        for k, polygons in per_slice.items():
+            own = np.zeros((rows, cols), bool)
+            for r, c in polygons:
+                pr, pc = _line_pixels(r, c, rows, cols)
+                own[pr, pc] = True
+            line[k] |= own
             slices[k] = True
-        for k, inside in fills.items():
-            _draw(expected, k, inside, value, strategy)
+            _draw(expected, k, _inside(polygons, own), value, strategy)
     return lines, drawn
 
 
@@ -234,45 +271,66 @@ def check_case(
     )
     source, _ = sort_by_position(headers, list(image_files))
     label_image = sitk.ReadImage(str(label_file))
-    converted = sitk.GetArrayFromImage(label_image)
     order = _slice_index(label_image, source, label_file)
+    converted = sitk.GetArrayFromImage(label_image)
+    del label_image  # one copy of the converted map, not two
     if order != list(range(len(order))) or len(order) != converted.shape[0]:
         converted = converted[order]
-    expected = np.zeros(converted.shape, np.uint32 if strategy == "region_mask" else np.uint16)
+    region = strategy == "region_mask"
+    wide = len(roi_labels) > (8 if region else 255)
+    expected = np.zeros(converted.shape, (np.uint32 if region else np.uint16) if wide else np.uint8)
     band: dict[int, np.ndarray] = {}
     if annotation_kind == "SEG":
         drawn_slices = expected_from_seg(annotation_file, source, roi_labels, expected, strategy)
     else:
         band, drawn_slices = expected_from_rtstruct(annotation_file, source, roi_labels, expected, strategy)
-    if band and strategy != "region_mask":  # the shared band covers labels without a contour too
+    if band and not region:  # the shared band covers labels without a contour too
         band = dict.fromkeys(range(1, len(roi_labels) + 1), next(iter(band.values())))
-    checks = []
-    for value, name in enumerate(roi_labels, start=1):
-        if strategy == "region_mask":
-            exp_mask = (expected & (1 << (value - 1))) > 0
-            got_mask = (converted & (1 << (value - 1))) > 0
+    return [
+        _compare(
+            RoiCheck(case_id, patient_id, name, annotation_kind, 0, 0, 0, 0, 0, 0),
+            expected,
+            converted,
+            value,
+            region,
+            band.get(value),
+            drawn_slices.get(value, np.zeros(len(source), bool)),
+        )
+        for value, name in enumerate(roi_labels, start=1)
+    ]
+
+
+def _compare(
+    blank: RoiCheck,
+    expected: np.ndarray,
+    converted: np.ndarray,
+    value: int,
+    region: bool,
+    tolerated: np.ndarray | None,
+    drawn: np.ndarray,
+) -> RoiCheck:
+    """Count one label's differences slab by slab: a few slices of temporaries, not whole volumes."""
+    counts = np.zeros(4, np.int64)  # expected, converted, differing, beyond
+    exp_slices = np.zeros(len(drawn), bool)
+    got_slices = np.zeros(len(drawn), bool)
+    for start in range(0, len(drawn), _SLAB):
+        part = slice(start, start + _SLAB)
+        if region:
+            exp_mask = (expected[part] & (1 << (value - 1))) > 0
+            got_mask = (converted[part] & (1 << (value - 1))) > 0
         else:
-            exp_mask, got_mask = expected == value, converted == value
+            exp_mask, got_mask = expected[part] == value, converted[part] == value
         differing = exp_mask ^ got_mask
-        tolerated = band.get(value)
-        beyond = (
-            int(np.count_nonzero(differing & ~tolerated)) if tolerated is not None else int(differing.sum())
-        )
-        drawn = drawn_slices.get(value, np.zeros(len(source), bool))
-        got_slices = got_mask.any(axis=(1, 2))
-        checks.append(
-            RoiCheck(
-                case_id=case_id,
-                patient_id=patient_id,
-                label=name,
-                annotation=annotation_kind,
-                expected_voxels=int(exp_mask.sum()),
-                converted_voxels=int(got_mask.sum()),
-                differing_voxels=int(differing.sum()),
-                beyond_tolerance=beyond,
-                slices_missing=int((exp_mask.any(axis=(1, 2)) & ~got_slices).sum()),
-                slices_extra=int((got_slices & ~drawn).sum()),
-            )
-        )
-        del exp_mask, got_mask, differing
-    return checks
+        beyond = differing if tolerated is None else differing & ~tolerated[part]
+        counts += [np.count_nonzero(m) for m in (exp_mask, got_mask, differing, beyond)]
+        exp_slices[part] = exp_mask.any(axis=(1, 2))
+        got_slices[part] = got_mask.any(axis=(1, 2))
+    return replace(
+        blank,
+        expected_voxels=int(counts[0]),
+        converted_voxels=int(counts[1]),
+        differing_voxels=int(counts[2]),
+        beyond_tolerance=int(counts[3]),
+        slices_missing=int((exp_slices & ~got_slices).sum()),
+        slices_extra=int((got_slices & ~drawn).sum()),
+    )

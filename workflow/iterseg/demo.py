@@ -364,6 +364,34 @@ def _dcmqi_code(code: Code) -> dict[str, str]:
     }
 
 
+def image_reference(image: Dataset) -> Dataset:
+    """A ContourImageSequence item: which slice a contour (or the structure set) refers to."""
+    item = Dataset()
+    item.ReferencedSOPClassUID = image.SOPClassUID
+    item.ReferencedSOPInstanceUID = image.SOPInstanceUID
+    return item
+
+
+def referenced_frame_of_reference(ref: Dataset, images: list[Dataset]) -> DicomSequence:
+    """An RTSTRUCT's ReferencedFrameOfReferenceSequence: frame, study and series of ``ref``.
+
+    Every slice of ``images`` is listed, and the study referenced as Detached Study Management,
+    as planning systems write it.
+    """
+    contour_images = DicomSequence([image_reference(image) for image in images])
+    series_item = Dataset()
+    series_item.SeriesInstanceUID = ref.SeriesInstanceUID
+    series_item.ContourImageSequence = contour_images
+    study_item = Dataset()
+    study_item.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+    study_item.ReferencedSOPInstanceUID = ref.StudyInstanceUID
+    study_item.RTReferencedSeriesSequence = DicomSequence([series_item])
+    frame_item = Dataset()
+    frame_item.FrameOfReferenceUID = ref.FrameOfReferenceUID
+    frame_item.RTReferencedStudySequence = DicomSequence([study_item])
+    return DicomSequence([frame_item])
+
+
 def write_rtstruct(phantom: Phantom, ct: list[Dataset], path: Path, tag: str) -> None:
     """Write the liver and tumour as closed planar contours in an RTSTRUCT referencing ``ct``."""
     ref = ct[0]
@@ -382,23 +410,7 @@ def write_rtstruct(phantom: Phantom, ct: list[Dataset], path: Path, tag: str) ->
     ds.StructureSetDate = "20260101"
     ds.StructureSetTime = "120000"
 
-    contour_images = DicomSequence()
-    for image in ct:
-        item = Dataset()
-        item.ReferencedSOPClassUID = image.SOPClassUID
-        item.ReferencedSOPInstanceUID = image.SOPInstanceUID
-        contour_images.append(item)
-    series_item = Dataset()
-    series_item.SeriesInstanceUID = ref.SeriesInstanceUID
-    series_item.ContourImageSequence = contour_images
-    study_item = Dataset()
-    study_item.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
-    study_item.ReferencedSOPInstanceUID = ref.StudyInstanceUID
-    study_item.RTReferencedSeriesSequence = DicomSequence([series_item])
-    frame_item = Dataset()
-    frame_item.FrameOfReferenceUID = ref.FrameOfReferenceUID
-    frame_item.RTReferencedStudySequence = DicomSequence([study_item])
-    ds.ReferencedFrameOfReferenceSequence = DicomSequence([frame_item])
+    ds.ReferencedFrameOfReferenceSequence = referenced_frame_of_reference(ref, ct)
 
     roi_seq, contour_seq, obs_seq = DicomSequence(), DicomSequence(), DicomSequence()
     for number, label in enumerate(LABELS, start=1):

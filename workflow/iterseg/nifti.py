@@ -11,14 +11,37 @@ from __future__ import annotations
 import gzip
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
 GZIP_LEVEL = 1
-_CHUNK = 8 << 20
+_MEMBER = 16 << 20  # bytes compressed per gzip member
+_THREADS = 2
+
+
+def _gzip_members(src: Path, dst: Path) -> None:
+    """Compress ``src`` into ``dst`` as concatenated gzip members, several at a time.
+
+    A gzip file may hold several members one after another; zlib's gzread (SimpleITK, nnU-Net's
+    readers), Python's gzip and nibabel read them as one stream. zlib releases the GIL, so the
+    members compress in parallel threads, as pigz does for dcm2niix. No name or time goes into
+    the headers: the same image gives the same bytes.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def pack(chunk: bytes) -> bytes:
+        return gzip.compress(chunk, compresslevel=GZIP_LEVEL, mtime=0)
+
+    with src.open("rb") as source, dst.open("wb") as sink, ThreadPoolExecutor(_THREADS) as pool:
+        pending = []
+        while chunk := source.read(_MEMBER):
+            pending.append(pool.submit(pack, chunk))
+            if len(pending) > _THREADS:
+                sink.write(pending.pop(0).result())
+        for future in pending:
+            sink.write(future.result())
 
 
 def write_nifti(image: Any, path: Path) -> None:
@@ -38,13 +61,7 @@ def write_nifti(image: Any, path: Path) -> None:
     packed = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         sitk.WriteImage(image, str(raw), useCompression=False)
-        with (
-            raw.open("rb") as src,
-            packed.open("wb") as sink,
-            # no name or time in the gzip header: the same image gives the same bytes
-            gzip.GzipFile(filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=sink, mtime=0) as dst,
-        ):
-            shutil.copyfileobj(src, dst, _CHUNK)
+        _gzip_members(raw, packed)
         packed.replace(path)
     finally:
         raw.unlink(missing_ok=True)

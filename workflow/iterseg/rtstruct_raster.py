@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from iterseg.dicom_series import read_dataset
+from iterseg.dicom_series import contour_points, read_dataset
 from iterseg.errors import ConversionError
 from iterseg.label_grid import LabelCanvas, SliceGrid
 from iterseg.roi import match_roi_name
@@ -149,7 +149,7 @@ def read_rtstruct(
                     kind,
                 )
                 continue
-            points = np.asarray(contour.ContourData, float).reshape(-1, 3)
+            points = contour_points(contour)
             index = grid.to_index(points)
             k = grid.slice_of_plane(
                 points[0],
