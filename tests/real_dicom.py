@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -33,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from iterseg.demo import image_reference, referenced_frame_of_reference
+from iterseg.demo import image_reference, referenced_frame_of_reference, run_itkimage2segimage
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
@@ -371,26 +370,7 @@ def dcmqi_seg(series: Series, segments: dict[str, np.ndarray], path: Path) -> Pa
             "ContentDescription": "Image segmentation",
             "segmentAttributes": attributes,
         }
-        (Path(tmp) / "meta.json").write_text(json.dumps(meta))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        run = subprocess.run(
-            [
-                str(BIN / "itkimage2segimage"),
-                "--inputImageList",
-                ",".join(inputs),
-                "--inputDICOMDirectory",
-                str(series.folder),
-                "--outputDICOM",
-                str(path),
-                "--inputMetadata",
-                str(Path(tmp) / "meta.json"),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    if run.returncode != 0 or not path.is_file():
-        raise RuntimeError(f"itkimage2segimage failed: {run.stdout[-2000:]}{run.stderr[-2000:]}")
+        run_itkimage2segimage(inputs, series.folder, meta, path, str(path))
     return path
 
 

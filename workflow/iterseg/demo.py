@@ -18,6 +18,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -292,11 +293,6 @@ def write_seg_dcmqi(
     """
     import SimpleITK as sitk
 
-    exe = shutil.which("itkimage2segimage", path=str(Path(sys.executable).parent)) or shutil.which(
-        "itkimage2segimage"
-    )
-    if exe is None:
-        raise RuntimeError("dcmqi's itkimage2segimage is not installed (pip install dcmqi)")
     attributes = []
     with tempfile.TemporaryDirectory() as tmp:
         inputs = []
@@ -332,28 +328,33 @@ def write_seg_dcmqi(
             "ContentDescription": "Refined in 3D Slicer",
             "segmentAttributes": attributes,
         }
+        run_itkimage2segimage(inputs, ct_folder, meta, path, phantom.patient_id)
+
+
+def run_itkimage2segimage(
+    inputs: list[str], dicom_folder: Path, meta: dict[str, Any], path: Path, what: str
+) -> None:
+    """Run dcmqi's ``itkimage2segimage`` (one input image per segment, as 3D Slicer saves) into ``path``.
+
+    Raises
+    ------
+    RuntimeError
+        If dcmqi is not installed or fails; its output is in the message.
+
+    """
+    exe = shutil.which("itkimage2segimage", path=str(Path(sys.executable).parent)) or shutil.which(
+        "itkimage2segimage"
+    )
+    if exe is None:
+        raise RuntimeError("dcmqi's itkimage2segimage is not installed (pip install dcmqi)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "meta.json").write_text(json.dumps(meta))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        run = subprocess.run(
-            [
-                exe,
-                "--inputImageList",
-                ",".join(inputs),
-                "--inputDICOMDirectory",
-                str(ct_folder),
-                "--outputDICOM",
-                str(path),
-                "--inputMetadata",
-                str(Path(tmp) / "meta.json"),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        command = [exe, "--inputImageList", ",".join(inputs), "--inputDICOMDirectory", str(dicom_folder)]
+        command += ["--outputDICOM", str(path), "--inputMetadata", str(Path(tmp) / "meta.json")]
+        run = subprocess.run(command, capture_output=True, text=True, check=False)
     if run.returncode != 0 or not path.is_file():
-        raise RuntimeError(
-            f"itkimage2segimage failed for {phantom.patient_id}: {run.stdout[-2000:]}{run.stderr[-2000:]}"
-        )
+        raise RuntimeError(f"itkimage2segimage failed for {what}: {run.stdout[-2000:]}{run.stderr[-2000:]}")
 
 
 def _dcmqi_code(code: Code) -> dict[str, str]:
