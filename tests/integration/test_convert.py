@@ -246,3 +246,16 @@ def test_hostile_archive_is_refused_and_nothing_is_written_outside(tmp_path: Pat
     assert ("GiB" in str(info.value)) == (attack == "too-big")
     assert list(dest.iterdir()) == []  # nothing half-unpacked
     assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_an_earlier_snapshot_losing_a_file_is_named(demo_rawdata: Path, tmp_path: Path) -> None:
+    first = tmp_path / "raw" / "2026-01-15__demo"
+    shutil.copytree(demo_rawdata / "2026-01-15__demo", first)
+    convert_snapshot(first, tmp_path / "c1", ROI)
+    later = tmp_path / "raw" / "2026-05-01__demo"
+    shutil.copytree(first / "P001" / "SEG", later / "P001" / "SEG")  # annotates P001's CT of snapshot 1
+    lost = sorted((first / "P001" / "CT").iterdir())[3]
+    lost.unlink()
+    with pytest.raises(SnapshotError, match="recorded in an earlier conversion but missing now") as info:
+        convert_snapshot(later, tmp_path / "c2", ROI, reuse_from=[tmp_path / "c1"])
+    assert str(lost) in str(info.value) and "restore the file" in str(info.value)

@@ -30,7 +30,7 @@ from iterseg.annotations import (
 from iterseg.archives import unpack_snapshot_archives
 from iterseg.convert_case import PairJob, PairResult, convert_pair
 from iterseg.convert_check import RTSTRUCT_TOLERANCE, RoiCheck
-from iterseg.errors import ConversionError
+from iterseg.errors import ConversionError, SnapshotError
 from iterseg.roi import load_roi_yaml
 
 logger = logging.getLogger(__name__)
@@ -260,6 +260,12 @@ def convert_snapshot(
                 "the ROI or add its name to a label's regexes"
             )
             continue
+        gone = [f for f in (*sel.image.files, *sel.annotation.files) if not f.is_file()]
+        if gone:  # an image series of an earlier snapshot, annotated anew here
+            raise SnapshotError(
+                f"{gone[0]}: recorded in an earlier conversion but missing now ({len(gone)} file(s)); "
+                "snapshots are read-only once converted — restore the file."
+            )
         image_hash, ann_hash = content_hash(sel.image.files), content_hash(sel.annotation.files)
         pending = _Pending(
             sel,
