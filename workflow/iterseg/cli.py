@@ -6,12 +6,15 @@ Heavy imports (torch, nnU-Net, highdicom) happen inside the commands so ``--help
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from iterseg import __version__
 from iterseg.errors import IterSegError
@@ -389,6 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"iterseg {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    parser.add_argument(
+        "--log",
+        help="write everything the step prints (nnU-Net's output too) to this file; errors also reach "
+        "the terminal, one line each",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = _add(sub, "demo-data", cmd_demo_data, "write the synthetic demo dataset (2 snapshots + inbox)")
@@ -573,8 +581,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(verbose: bool, quiet: bool) -> None:
+def _route_to_log(log: Path) -> TextIO:
+    """Point this process's stdout and stderr (C libraries and nnU-Net's prints too) at ``log``.
+
+    Returns the terminal's stderr: the error that ends a step must be seen where snakemake runs,
+    not only in a rule log nobody opens.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    terminal = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return terminal
+
+
+def _configure_logging(verbose: bool, quiet: bool, log: str | None = None) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    terminal = _route_to_log(Path(log)) if log else None
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
@@ -582,14 +608,31 @@ def _configure_logging(verbose: bool, quiet: bool) -> None:
         stream=sys.stderr,
         force=True,
     )
+    if terminal is not None:
+        to_terminal = logging.StreamHandler(terminal)
+        to_terminal.setLevel(logging.ERROR)
+        to_terminal.setFormatter(logging.Formatter(f"iterseg: %(message)s (log: {log})"))
+        logging.getLogger().addHandler(to_terminal)
     for noisy in ("highdicom", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def _out_of_space(exc: OSError, args: argparse.Namespace) -> str:
+    where = exc.filename or next(
+        (getattr(args, name) for name in ("out", "output", "work", "results") if getattr(args, name, None)),
+        "its output",
+    )
+    return (
+        f"no space left on the device while writing {where} ({exc.strerror}). Free space there (df -h), "
+        "or put data/procdata and data/results on a larger disk, then run again: finished steps are "
+        "kept and rawdata was not changed."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``iterseg`` command."""
     args = build_parser().parse_args(argv)
-    _configure_logging(args.verbose, args.quiet)
+    _configure_logging(args.verbose, args.quiet, args.log)
     try:
         if getattr(args, "gpus", None):
             from iterseg.gpus import claim_gpu
@@ -604,6 +647,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.exception("iterseg %s failed", args.command)
         else:
             logger.error("%s", exc)
+        return 2
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        logger.debug("out of space", exc_info=True)
+        logger.error("%s", _out_of_space(exc, args))
         return 2
     return 0
 

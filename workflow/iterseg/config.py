@@ -81,6 +81,7 @@ class Settings:
     datasets: Mapping[str, DatasetSettings]
     nnunet: NnunetSettings
     max_dice_drop: float | None = 0.02
+    on_bad_case: str = "skip"
     raw: Mapping[str, Any] | None = None  # the validated config with defaults, for the manifest
 
 
@@ -191,6 +192,7 @@ def load_settings(config: dict[str, Any], config_dir: Path = Path("config")) -> 
             gpus_per_fold=int(nn["gpus_per_fold"]),
         ),
         max_dice_drop=config["promotion"]["max_dice_drop"],
+        on_bad_case=config["on_bad_case"],
         raw=json.loads(json.dumps(config, default=str)),
     )
 

@@ -190,6 +190,7 @@ def config_json(wildcards):
     return json.dumps(raw, sort_keys=True)
 
 
+ON_BAD_CASE = SETTINGS.on_bad_case  # skip | fail: what one unreadable case does to its step
 MAX_DICE_DROP = "none" if SETTINGS.max_dice_drop is None else str(SETTINGS.max_dice_drop)
 
 

@@ -24,11 +24,11 @@ rule convert_snapshot:
         unrefined=unrefined_arg,
         duplicates=duplicate_rule,
     shell:
-        "iterseg convert --snapshot {input.snapshot:q} --out {params.out:q}"
+        "iterseg --log {log:q} convert --snapshot {input.snapshot:q} --out {params.out:q}"
         " --roi-yaml {input.roi:q} --modality {params.modality:q}"
         " --mask-saving-strategy {params.strategy:q} {params.unrefined}"
         " --duplicate-annotations {params.duplicates:q} --reuse-from {input.earlier:q}"
-        " --jobs {threads} > {log:q} 2>&1"
+        " --jobs {threads}"
 
 
 rule convert_assemble:
@@ -54,7 +54,7 @@ rule convert_assemble:
         test_set=test_set_args,
         previous=previous_assembled_arg,
     shell:
-        "iterseg assemble --work {params.work:q} --dataset-name {params.name:q}"
+        "iterseg --log {log:q} assemble --work {params.work:q} --dataset-name {params.name:q}"
         " --converted {params.converted:q} --roi-yaml {input.roi:q}"
         " --modality {params.modality:q} --missing-roi {params.missing_roi:q}"
-        " {params.test_set} {params.previous} --output {output.record:q} > {log:q} 2>&1"
+        " {params.test_set} {params.previous} --output {output.record:q}"

@@ -27,10 +27,10 @@ rule evaluate_test:
         tolerance=nsd_tolerance,
         out=results_dir,
     shell:
-        "iterseg evaluate --work {params.work:q} --plan-record {input.plan:q}"
+        "iterseg --log {log:q} evaluate --work {params.work:q} --plan-record {input.plan:q}"
         " --trainer {params.trainer:q} --folds {params.folds:q} --device {params.device:q} {params.gpus}"
         " --assembled {input.assembled:q} --nsd-tolerance-mm {params.tolerance:q}"
-        " --out {params.out:q} --output {output.metrics:q} > {log:q} 2>&1"
+        " --out {params.out:q} --output {output.metrics:q}"
 
 
 rule evaluate_effort:
@@ -54,6 +54,5 @@ rule evaluate_effort:
     params:
         tolerance=nsd_tolerance,
     shell:
-        "iterseg effort --assembled {input.assembled:q} --predictions {input.predictions:q}"
+        "iterseg --log {log:q} effort --assembled {input.assembled:q} --predictions {input.predictions:q}"
         " --nsd-tolerance-mm {params.tolerance:q} --out-json {output.json:q} --out-csv {output.csv:q}"
-        " > {log:q} 2>&1"

@@ -23,6 +23,6 @@ rule plan_preprocess:
         source=plans_source_arg,
         overrides=plans_overrides_arg,
     shell:
-        "iterseg plan --work {params.work:q} --dataset-name {params.name:q}"
+        "iterseg --log {log:q} plan --work {params.work:q} --dataset-name {params.name:q}"
         " --configuration {params.configuration:q} --plans {params.plans:q}"
-        " --processes {threads} {params.source} {params.overrides} --output {output.record:q} > {log:q} 2>&1"
+        " --processes {threads} {params.source} {params.overrides} --output {output.record:q}"

@@ -28,7 +28,7 @@ rule predict_inbox:
         out=results_dir,
         description="iterseg {dataset} {date}",
     shell:
-        "iterseg predict --work {params.work:q} --plan-record {input.plan:q}"
+        "iterseg --log {log:q} predict --work {params.work:q} --plan-record {input.plan:q}"
         " --trainer {params.trainer:q} --folds {params.folds:q} --device {params.device:q} {params.gpus}"
         " --inbox {params.inbox:q} --modality {params.modality:q} --out {params.out:q}"
-        " --description {params.description:q} --roi-yaml {input.roi:q} --output {output.manifest:q} > {log:q} 2>&1"
+        " --description {params.description:q} --roi-yaml {input.roi:q} --output {output.manifest:q}"

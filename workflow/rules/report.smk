@@ -29,8 +29,8 @@ rule report_qc:
         inbox=inbox_dir,
         modality=modality,
     shell:
-        "iterseg qc --results {params.results:q} --inbox {params.inbox:q} --assembled {input.assembled:q}"
-        " --roi-yaml {input.roi:q} --modality {params.modality:q} --out {output.qc:q} > {log:q} 2>&1"
+        "iterseg --log {log:q} qc --results {params.results:q} --inbox {params.inbox:q} --assembled {input.assembled:q}"
+        " --roi-yaml {input.roi:q} --modality {params.modality:q} --out {output.qc:q}"
 
 
 rule report_worklist:
@@ -51,8 +51,8 @@ rule report_worklist:
         mem_mb=2000,
         runtime=10,
     shell:
-        "iterseg worklist --predictions {input.predictions:q} --assembled {input.assembled:q}"
-        " --out {output.csv:q} > {log:q} 2>&1"
+        "iterseg --log {log:q} worklist --predictions {input.predictions:q} --assembled {input.assembled:q}"
+        " --out {output.csv:q}"
 
 
 rule report_dataset:
@@ -97,5 +97,4 @@ rule report_dataset:
         out="data/results/{dataset}/report",
         dates=iteration_dates,
     shell:
-        "iterseg report --results {params.results:q} --iterations {params.dates:q} --out {params.out:q}"
-        " > {log:q} 2>&1"
+        "iterseg --log {log:q} report --results {params.results:q} --iterations {params.dates:q} --out {params.out:q}"

@@ -26,9 +26,9 @@ rule results_promote:
         max_drop=MAX_DICE_DROP,
         previous=previous_iteration_arg,
     shell:
-        "iterseg promote --results {params.results:q} --iteration {wildcards.date:q}"
+        "iterseg --log {log:q} promote --results {params.results:q} --iteration {wildcards.date:q}"
         " --plan-record {input.plan:q} --assembled {input.assembled:q}"
         " --fold-records {input.folds:q}"
         " --predictions {input.predictions:q} --test-metrics {input.metrics:q} --effort {input.effort:q}"
         " --roi-yaml {input.roi:q} --config-json {params.config:q} --max-dice-drop {params.max_drop:q}"
-        " {params.previous} --output {output.summary:q} > {log:q} 2>&1"
+        " {params.previous} --output {output.summary:q}"

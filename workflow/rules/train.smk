@@ -26,6 +26,6 @@ rule train_fold:
         num_gpus=NUM_GPUS_ARG,
         pretrained=pretrained_arg,
     shell:
-        "iterseg train --work {params.work:q} --plan-record {input.plan:q}"
+        "iterseg --log {log:q} train --work {params.work:q} --plan-record {input.plan:q}"
         " --trainer {params.trainer:q} --fold {wildcards.fold:q} --device {params.device:q} {params.gpus} {params.num_gpus}"
-        " --threads {threads} {params.pretrained} {params.schedule} --output {output.record:q} > {log:q} 2>&1"
+        " --threads {threads} {params.pretrained} {params.schedule} --output {output.record:q}"
