@@ -20,3 +20,12 @@ rule all:
         all_iterations,
         report_targets,
     default_target: True
+
+
+# At the end of every run, one warning line per case an iteration skipped (on_bad_case: skip).
+onsuccess:
+    warn_run(SNAPSHOTS, logger)
+
+
+onerror:
+    warn_run(SNAPSHOTS, logger)

@@ -12,6 +12,7 @@ from iterseg.assemble import HoldoutSpec, MissingRoiPolicy, assemble_dataset
 from iterseg.convert import convert_snapshot, read_cases
 from iterseg.demo import SegmentLabel, annotated, make_phantom, phantom_arrays, write_ct_series, write_seg
 from iterseg.errors import ConversionError, SnapshotError
+from iterseg.skipped import BadCasePolicy, read_skipped
 
 pytestmark = pytest.mark.integration
 ROI = REPO / "config" / "roi_demo.yaml"
@@ -154,17 +155,25 @@ def _copy_snapshot(demo_rawdata: Path, tmp_path: Path, patients: list[str]) -> P
     return snap
 
 
-def test_case_failing_in_med_imagetools_is_a_loud_error(demo_rawdata: Path, tmp_path: Path) -> None:
+def test_a_case_matching_no_label_is_skipped_or_stops_the_snapshot(
+    demo_rawdata: Path, tmp_path: Path
+) -> None:
     snap = _copy_snapshot(demo_rawdata, tmp_path, ["P001", "P002"])
     rt_path = next((snap / "P002" / "RTSTRUCT").glob("*.dcm"))
     rt = pydicom.dcmread(rt_path)
     for roi in rt.StructureSetROISequence:
         roi.ROIName = "Kidney_" + roi.ROIName.replace("Liver", "L")
     rt.save_as(rt_path)
+    cases = convert_snapshot(snap, tmp_path / "out", ROI)
+    assert [c.patient_id for c in cases] == ["P001"]
+    (skipped,) = read_skipped(tmp_path / "out" / "skipped.json")
+    assert (skipped.patient_id, skipped.file) == ("P002", str(rt_path))
+    assert "matches a label of" in skipped.message and "rename the ROI" in skipped.message
     with pytest.raises(ConversionError) as info:
-        convert_snapshot(snap, tmp_path / "out", ROI)
+        convert_snapshot(snap, tmp_path / "out", ROI, on_bad_case=BadCasePolicy.FAIL)
     message = str(info.value)
     assert "P002" in message and "1 case(s)" in message and "rawdata was not changed" in message
+    assert read_skipped(tmp_path / "out" / "skipped.json") == []
 
 
 def test_two_annotations_of_one_series_are_refused_unless_a_rule_decides(
@@ -180,9 +189,14 @@ def test_two_annotations_of_one_series_are_refused_unless_a_rule_decides(
     twin.SOPInstanceUID = pydicom.uid.generate_uid()
     twin.SeriesDate = "20260302"
     twin.save_as(snap / "P003" / "SEG" / "second.dcm")
-    with pytest.raises(SnapshotError, match="has 2 annotations") as info:
-        convert_snapshot(snap, tmp_path / "out", ROI)
+    with pytest.raises(ConversionError, match="2 annotations of image series") as info:
+        convert_snapshot(snap, tmp_path / "out", ROI, on_bad_case=BadCasePolicy.FAIL)
     assert str(seg_path) in str(info.value) and "second.dcm" in str(info.value)
+    assert "newest_series_date" in str(info.value)
+    cases = convert_snapshot(snap, tmp_path / "out", ROI)
+    assert [c.patient_id for c in cases] == ["P001"]  # P003 skipped, listed with both files
+    (skipped,) = read_skipped(tmp_path / "out" / "skipped.json")
+    assert skipped.patient_id == "P003" and "second.dcm" in skipped.message
     cases = convert_snapshot(snap, tmp_path / "out", ROI, duplicates=DuplicateRule.NEWEST_SERIES_DATE)
     (p003,) = [c for c in cases if c.patient_id == "P003"]
     assert p003.annotation_series_uid == twin.SeriesInstanceUID and "newest SeriesDate" in p003.selection
@@ -190,15 +204,22 @@ def test_two_annotations_of_one_series_are_refused_unless_a_rule_decides(
     assert [Path(e["files"][0]).name for e in excluded] == [seg_path.name]
     twin.SeriesDate, twin.SeriesTime = original.SeriesDate, original.SeriesTime
     twin.save_as(snap / "P003" / "SEG" / "second.dcm")
-    with pytest.raises(SnapshotError, match="do not order them"):
-        convert_snapshot(snap, tmp_path / "out", ROI, duplicates=DuplicateRule.NEWEST_SERIES_DATE)
+    with pytest.raises(ConversionError, match="do not order them"):
+        convert_snapshot(
+            snap,
+            tmp_path / "out",
+            ROI,
+            duplicates=DuplicateRule.NEWEST_SERIES_DATE,
+            on_bad_case=BadCasePolicy.FAIL,
+        )
 
 
 def test_annotation_of_a_missing_series_is_refused(demo_rawdata: Path, tmp_path: Path) -> None:
     snap = _copy_snapshot(demo_rawdata, tmp_path, ["P001"])
     shutil.rmtree(snap / "P001" / "CT")
-    with pytest.raises(SnapshotError, match="which is not a CT series"):
+    with pytest.raises(ConversionError, match="no case could be converted") as info:
         convert_snapshot(snap, tmp_path / "out", ROI)
+    assert "which is neither in snapshot 2026-05-01__demo nor in an earlier" in str(info.value)
 
 
 def test_snapshot_content_may_arrive_as_archives(demo_rawdata: Path, tmp_path: Path) -> None:
@@ -215,7 +236,7 @@ def test_snapshot_content_may_arrive_as_archives(demo_rawdata: Path, tmp_path: P
     assert all("/work/unpacked/P003.tar.gz/" in f for f in p003.image_files)
 
 
-@pytest.mark.parametrize("attack", ["absolute", "dotdot", "symlink-out", "too-big"])
+@pytest.mark.parametrize("attack", ["absolute", "dotdot", "symlink-out", "symlink-in", "hardlink", "too-big"])
 def test_hostile_archive_is_refused_and_nothing_is_written_outside(tmp_path: Path, attack: str) -> None:
     import io
     import tarfile
@@ -236,16 +257,38 @@ def test_hostile_archive_is_refused_and_nothing_is_written_outside(tmp_path: Pat
             bad = tarfile.TarInfo("link")
             bad.type = tarfile.SYMTYPE
             bad.linkname = "../../../etc/passwd"
+        elif attack in ("symlink-in", "hardlink"):  # harmless targets: refused all the same
+            bad = tarfile.TarInfo("ok/alias.dcm")
+            bad.type = tarfile.SYMTYPE if attack == "symlink-in" else tarfile.LNKTYPE
+            bad.linkname = "file.dcm" if attack == "symlink-in" else "ok/file.dcm"
+        links = ("symlink-out", "symlink-in", "hardlink")
         if attack != "too-big":
-            bad.size = 0 if attack == "symlink-out" else len(payload)
-            tar.addfile(bad, None if attack == "symlink-out" else io.BytesIO(payload))
+            bad.size = 0 if attack in links else len(payload)
+            tar.addfile(bad, None if attack in links else io.BytesIO(payload))
     dest = tmp_path / "work" / "unpacked"
     dest.mkdir(parents=True)
     with pytest.raises(SnapshotError, match=r"evil\.tar") as info:
         extract_archive(archive, dest, max_bytes=100 if attack == "too-big" else 10**6)
     assert ("GiB" in str(info.value)) == (attack == "too-big")
+    assert ("link" in str(info.value)) == (attack in links)
     assert list(dest.iterdir()) == []  # nothing half-unpacked
     assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_a_truncated_archive_is_named_and_the_rest_converts(demo_rawdata: Path, tmp_path: Path) -> None:
+    import tarfile
+
+    snap = _copy_snapshot(demo_rawdata, tmp_path, ["P001"])
+    archive = snap / "P003.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(demo_rawdata / "2026-01-15__demo" / "P003", arcname="P003")
+    data = archive.read_bytes()
+    archive.write_bytes(data[: len(data) // 2])  # an interrupted copy
+    cases = convert_snapshot(snap, tmp_path / "work" / "converted", ROI)
+    assert [c.patient_id for c in cases] == ["P001"]
+    (skipped,) = read_skipped(tmp_path / "work" / "converted" / "skipped.json")
+    assert skipped.file == str(archive)
+    assert "truncated or corrupt archive" in skipped.message and "copy it again" in skipped.message
 
 
 def test_an_earlier_snapshot_losing_a_file_is_named(demo_rawdata: Path, tmp_path: Path) -> None:
@@ -256,6 +299,33 @@ def test_an_earlier_snapshot_losing_a_file_is_named(demo_rawdata: Path, tmp_path
     shutil.copytree(first / "P001" / "SEG", later / "P001" / "SEG")  # annotates P001's CT of snapshot 1
     lost = sorted((first / "P001" / "CT").iterdir())[3]
     lost.unlink()
-    with pytest.raises(SnapshotError, match="recorded in an earlier conversion but missing now") as info:
+    with pytest.raises(ConversionError, match="recorded in an earlier conversion but missing now") as info:
         convert_snapshot(later, tmp_path / "c2", ROI, reuse_from=[tmp_path / "c1"])
     assert str(lost) in str(info.value) and "restore the file" in str(info.value)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_full_disk_is_one_line_naming_the_folder_and_no_case_is_blamed(
+    demo_rawdata: Path, tmp_path: Path, jobs: int
+) -> None:
+    """A real full file system: a 1 MiB tmpfs mounted in a private mount namespace (``unshare``)."""
+    import subprocess
+    import sys
+
+    snapshot = demo_rawdata / "2026-01-15__demo"
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    log = tmp_path / "convert.log"
+    iterseg = Path(sys.executable).parent / "iterseg"
+    command = (
+        f"mount -t tmpfs -o size=1m tmpfs {disk} && {iterseg} --log {log} convert --snapshot {snapshot} "
+        f"--out {disk}/converted --roi-yaml {ROI} --jobs {jobs}"
+    )
+    before = tree_digest(demo_rawdata)
+    run = subprocess.run(["unshare", "-rm", "sh", "-c", command], capture_output=True, text=True, timeout=300)
+    assert tree_digest(demo_rawdata) == before
+    assert run.returncode == 2, (run.stdout, run.stderr, log.read_text())
+    assert "no space left on the device" in run.stderr and str(disk / "converted") in run.stderr, run.stderr
+    assert "rawdata was not changed" in run.stderr
+    assert "Traceback" not in run.stderr + run.stdout + log.read_text()
+    assert "skipped" not in log.read_text()  # the machine's problem, not a bad case

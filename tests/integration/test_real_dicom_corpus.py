@@ -24,6 +24,7 @@ import SimpleITK as sitk
 from conftest import tree_digest
 from iterseg.convert import convert_snapshot
 from iterseg.errors import ConversionError, SnapshotError
+from iterseg.skipped import BadCasePolicy, read_skipped
 
 pytestmark = pytest.mark.integration
 
@@ -179,9 +180,14 @@ def assert_matches(got: np.ndarray, built: rd.Built, what: str) -> None:
 
 
 def convert(snapshot: Path, out: Path, roi_yaml: Path, modality: str) -> tuple[list | None, Exception | None]:
-    """The cases, or the refusal (ConversionError/SnapshotError); any other exception fails the test."""
+    """The cases, or the refusal (ConversionError/SnapshotError); any other exception fails the test.
+
+    With on_bad_case fail, so that every bad case is a refusal to read (skipping is tested below).
+    """
     try:
-        return convert_snapshot(snapshot, out, roi_yaml, modality=modality), None
+        return convert_snapshot(
+            snapshot, out, roi_yaml, modality=modality, on_bad_case=BadCasePolicy.FAIL
+        ), None
     except (ConversionError, SnapshotError) as exc:
         return None, exc
     except Exception as exc:
@@ -398,5 +404,20 @@ def test_a_bad_case_is_named_and_the_good_case_beside_it_is_not(tmp_path: Path) 
     assert error is not None, "the SEG whose pixel spacing differs from its CT's was converted"
     message = str(error)
     assert refusal_line(message, bad.offending, (SEG_PIXEL_SPACING_CAUSE, SEG_PIXEL_SPACING_FIX)), message
-    # only the bad case's file: the good case's files are not named (a later policy reports it converted)
+    # only the bad case's file: the good case's files are not named
     assert good.annotation.name not in message and str(good.series.folder) not in message, message
+
+
+def test_on_bad_case_skip_converts_the_good_case_and_lists_the_bad_one(tmp_path: Path) -> None:
+    rawdata, snapshot = build_snapshot(tmp_path)
+    rd.good_seg_case(snapshot / "GOOD01")
+    bad = rd.seg_pixel_spacing_unlike_ct(snapshot / "BADSPACING01", seg_name="bad_seg.dcm")
+    roi_yaml = rd.write_roi_yaml(rd.SEG_ROIS, tmp_path / "roi.yaml")
+    before = tree_digest(rawdata)
+    cases = convert_snapshot(snapshot, tmp_path / "converted", roi_yaml, on_bad_case=BadCasePolicy.SKIP)
+    assert tree_digest(rawdata) == before
+    assert [c.patient_id for c in cases] == ["GOOD01"]
+    skipped = read_skipped(tmp_path / "converted" / "skipped.json")
+    assert [(s.stage, s.patient_id) for s in skipped] == [("convert", "BADSPACING01")]
+    assert skipped[0].case.startswith("BADSPACING01_")
+    assert refusal_line(skipped[0].message, bad.offending, (SEG_PIXEL_SPACING_CAUSE, SEG_PIXEL_SPACING_FIX))

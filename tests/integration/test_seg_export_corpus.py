@@ -201,7 +201,7 @@ def test_cli_bad_input_is_one_line_and_non_zero(tmp_path: Path) -> None:
     cases = [
         ("series", "bad.nii.gz", "values [7] are not labels"),
         ("series", "missing.nii.gz", "not a readable label image"),
-        ("not-dicom", "labels.nii.gz", "no readable CT/MR/PT image series"),
+        ("not-dicom", "labels.nii.gz", "slice1.dcm: truncated or corrupt DICOM (named .dcm but not DICOM"),
         ("tilted", "labels.nii.gz", "gantry tilt"),
     ]
     for reference, labels, message in cases:

@@ -126,15 +126,17 @@ def test_status_table_shows_counts_dice_and_why(tmp_path: Path) -> None:
         "new",
         "refined",
         "converted",
+        "skipped",
         "Dice",
         "liver",
         "Dice",
         "tumour",
         "promoted",
     ]
-    assert lines[1].split()[:9] == ["2026-01-01", "5", "2", "5", "0", "4/7", "0.900", "0.500", "<-"]
+    # "-": manifests written before cases could be skipped do not say
+    assert lines[1].split()[:10] == ["2026-01-01", "5", "2", "5", "0", "4/7", "-", "0.900", "0.500", "<-"]
     assert lines[1].endswith("<- latest; yes: first")
-    assert lines[2].split()[6:8] == ["0.800", "-"] and lines[2].endswith("no: Dice dropped")
+    assert lines[2].split()[7:9] == ["0.800", "-"] and lines[2].endswith("no: Dice dropped")
 
 
 def _fold(tmp_path: Path) -> dict:

@@ -579,7 +579,9 @@ def test_failed_iteration_leaves_latest_on_the_last_good_one(third_run: dict) ->
         run = snakemake(project, gate=GATE_STRICT)
         assert run.returncode != 0
         log = (project / "data/results/demo/2026-04-20/logs/convert_snapshot.log").read_text()
-        assert "P008" in log and "could not be converted" in log
+        assert "P008" in log and "no case could be converted" in log
+        # the one-line cause reaches the terminal, not only the rule log
+        assert "no case could be converted" in run.stderr and "matches a label of" in run.stderr
         assert os.readlink(project / "data/results/demo/latest") == SECOND
     finally:
         shutil.rmtree(broken.parent)
@@ -664,10 +666,185 @@ def test_two_annotations_of_one_series_stop_the_snapshot_naming_both(third_run: 
         run = snakemake(project, "--until", "convert_snapshot", gate=GATE_STRICT)
         assert run.returncode != 0
         log = (project / "data/results/demo/2026-06-01/logs/convert_snapshot.log").read_text()
-        assert "has 2 annotations" in log and str(first_seg.name) in log and "second_reader.dcm" in log
+        assert "2 annotations of image series" in log and str(first_seg.name) in log
+        assert "second_reader.dcm" in log and "second_reader.dcm" in run.stderr
         assert "duplicate_annotations" in log  # the rule that would decide instead
         assert os.readlink(project / "data/results/demo/latest") == SECOND
     finally:
         shutil.rmtree(snap)
         shutil.rmtree(project / "data/procdata/demo/2026-06-01__demo", ignore_errors=True)
         shutil.rmtree(project / "data/results/demo/2026-06-01", ignore_errors=True)
+
+
+def _predict_command(project: Path, date: str, inbox: Path, log: Path, record: Path, *more: str) -> list[str]:
+    """``iterseg predict`` of iteration ``date`` as the predict_inbox rule runs it."""
+    work = procdata(project, date)
+    return [
+        str(Path(sys.executable).parent / "iterseg"), "--log", str(log), "predict",
+        "--work", str(work), "--plan-record", str(work / "planned.json"),
+        "--trainer", "nnUNetTrainerIterSegDemo", "--folds", "0", "--device", "cpu",
+        "--inbox", str(inbox), "--modality", "CT", "--out", str(project / f"data/results/demo/{date}"),
+        "--description", f"iterseg demo {date}", "--roi-yaml", str(project / "config/roi_demo.yaml"),
+        "--output", str(record), *more,
+    ]  # fmt: skip
+
+
+def _published(results: Path) -> dict[str, str]:
+    digest = {"predictions.json": hashlib.sha256((results / "predictions.json").read_bytes()).hexdigest()}
+    for sub in ("labels", "seg"):
+        digest.update({f"{sub}/{k}": v for k, v in tree_digest(results / sub).items()})
+    return digest
+
+
+def test_a_killed_prediction_leaves_latest_complete(third_run: dict, tmp_path: Path) -> None:
+    """kill -9 while `iterseg predict` re-predicts the iteration `latest` points at."""
+    import signal
+    import time
+
+    project = third_run["project"]
+    latest = project / "data/results/demo/latest"
+    date = os.readlink(latest)
+    before = _published(latest)
+    assert len(json.loads((latest / "predictions.json").read_text())) >= 3
+    staging = procdata(project, date) / "predictions.partial"
+    job = subprocess.Popen(
+        _predict_command(
+            project,
+            date,
+            project / "data/rawdata/demo/inbox",
+            tmp_path / "predict.log",
+            tmp_path / "record.json",
+        ),
+        cwd=project,
+        start_new_session=True,  # its own process group: the kill takes any worker too
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while not list((staging / "labels").glob("*.nii.gz")):  # midway: the first case is done
+            assert job.poll() is None, (tmp_path / "predict.log").read_text()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(timeout=60)
+        assert _published(latest) == before  # the previous complete set, file for file
+        assert not [p for p in (project / "data/results/demo").rglob("*partial*")]
+        assert staging.is_dir() and not (tmp_path / "record.json").exists()
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def bad_inbox_run(third_run: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The gated-out third iteration predicts an inbox of one good case and three bad ones."""
+    project = third_run["project"]
+    tmp = tmp_path_factory.mktemp("bad_inbox")
+    inbox = tmp / "inbox"
+    shutil.copytree(project / "data/rawdata/demo/inbox/P101", inbox / "P101")
+    shutil.copytree(project / "data/rawdata/demo/inbox/P101", inbox / "A-truncated")
+    truncated = sorted((inbox / "A-truncated").rglob("*.dcm"))[10]
+    truncated.write_bytes(truncated.read_bytes()[:-3000])  # a copy cut short
+    (inbox / "B-not-dicom").mkdir()
+    (inbox / "B-not-dicom" / "IM0001").write_text("a viewer's export log, not DICOM")
+    (inbox / "C-not-nifti").mkdir()
+    (inbox / "C-not-nifti" / "ct.nii.gz").write_bytes(b"<html>session expired</html>")
+    bad = {
+        "A-truncated": truncated,
+        "B-not-dicom": inbox / "B-not-dicom",
+        "C-not-nifti": inbox / "C-not-nifti/ct.nii.gz",
+    }
+    command = _predict_command(
+        project, THIRD, inbox, tmp / "skip.log", tmp / "skip.json", "--on-bad-case", "skip"
+    )
+    run = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=900, check=False)
+    return {"project": project, "tmp": tmp, "inbox": inbox, "bad": bad, "run": run}
+
+
+def test_prediction_skips_each_bad_inbox_case_and_predicts_the_rest(bad_inbox_run: dict) -> None:
+    run, bad, tmp = bad_inbox_run["run"], bad_inbox_run["bad"], bad_inbox_run["tmp"]
+    log = (tmp / "skip.log").read_text()
+    assert run.returncode == 0, run.stderr + log[-3000:]
+    assert "Traceback" not in run.stderr + log
+    results = bad_inbox_run["project"] / f"data/results/demo/{THIRD}"
+    predictions = json.loads((results / "predictions.json").read_text())
+    assert [p["case_id"] for p in predictions] == ["P101"]
+    assert (results / predictions[0]["label"]).is_file() and (results / predictions[0]["seg"]).is_file()
+    assert sorted(p.name for p in (results / "seg").iterdir()) == ["P101.dcm"]
+    skipped = {s["case"]: s for s in json.loads((results / "skipped_predictions.json").read_text())}
+    assert {case: s["file"] for case, s in skipped.items()} == {case: str(p) for case, p in bad.items()}
+    assert skipped["A-truncated"]["message"].startswith(f"{bad['A-truncated']}: not a usable DICOM file (")
+    assert skipped["B-not-dicom"]["message"].startswith(
+        f"{bad['B-not-dicom']}: no CT DICOM series and no NIfTI"
+    )
+    assert skipped["C-not-nifti"]["message"].startswith(
+        f"{bad['C-not-nifti']}: inbox case C-not-nifti is not"
+    )
+    for case in skipped.values():
+        assert (
+            case["stage"] == "predict" and "move" in case["message"] and "out of the inbox" in case["message"]
+        )
+        assert f"predict skipped {case['case']}: {case['message']}" in log  # a warning in the rule log
+    record = json.loads((tmp / "skip.json").read_text())
+    assert record["cases"] == ["P101"] and sorted(record["skipped_cases"]) == sorted(bad)
+
+
+def test_prediction_with_on_bad_case_fail_names_every_bad_case(bad_inbox_run: dict) -> None:
+    project, tmp, bad = bad_inbox_run["project"], bad_inbox_run["tmp"], bad_inbox_run["bad"]
+    results = project / f"data/results/demo/{THIRD}"
+    before = _published(results)
+    command = _predict_command(
+        project, THIRD, bad_inbox_run["inbox"], tmp / "fail.log", tmp / "fail.json", "--on-bad-case", "fail"
+    )
+    run = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=900, check=False)
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.splitlines()
+    assert lines[0].startswith("iterseg: ") and "3 of 4 inbox case(s) cannot be predicted" in lines[0]
+    assert [line.strip().split(": ")[0] for line in lines[1:4]] == [str(p) for p in bad.values()]
+    assert "Traceback" not in run.stderr and lines[-1].endswith(f"(log: {tmp / 'fail.log'})")
+    assert _published(results) == before and not (tmp / "fail.json").exists()
+
+
+def test_skipped_cases_surface_in_manifest_status_report_and_run_end(bad_inbox_run: dict) -> None:
+    from iterseg.skipped import SkippedCase, read_skipped, write_skipped
+
+    project = bad_inbox_run["project"]
+    converted = procdata(project, THIRD) / "converted/skipped.json"
+    kept = converted.read_bytes() if converted.is_file() else None
+    bad_ct = SkippedCase(
+        "convert", f"{THIRD}__demo", "P013_0a1b2c3d", "P013", "P013/CT/x.dcm", "P013: a test line"
+    )
+    write_skipped(converted, [*read_skipped(converted), bad_ct])
+    try:
+        run = snakemake(project, "--forcerun", f"data/results/demo/{THIRD}/iteration.json", gate=GATE_STRICT)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        out = run.stdout + run.stderr
+        assert f"demo {THIRD}: convert skipped P013_0a1b2c3d: P013: a test line" in out
+        for case, path in bad_inbox_run["bad"].items():
+            assert f"demo {THIRD}: predict skipped {case}: {path}: " in out
+        manifest = json.loads((project / f"data/results/demo/{THIRD}/manifest.json").read_text())
+        assert [(s["stage"], s["case"]) for s in manifest["skipped"]] == [
+            ("convert", "P013_0a1b2c3d"), *[("predict", c) for c in bad_inbox_run["bad"]],
+        ]  # fmt: skip
+        assert manifest["promotion"]["promoted"] is False  # decided once: not re-gated
+        status = subprocess.run(
+            [str(Path(sys.executable).parent / "iterseg"), "status", "demo"],
+            cwd=project, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        rows = status.stdout.splitlines()
+        column = rows[0].split().index("skipped")
+        assert [r.split()[column] for r in rows[1:4]] == ["0", "0", "4"]
+        assert rows[4] == "skipped cases (left out; each line names the file at fault and the fix):"
+        assert rows[5] == f"  {THIRD} convert P013_0a1b2c3d: P013: a test line"
+        assert [r.split()[2].rstrip(":") for r in rows[6:9]] == list(bad_inbox_run["bad"])
+        assert rows[9].startswith("refine next")
+        report = list(csv.DictReader((project / "data/results/demo/report/iterations.csv").open()))
+        assert [r["skipped"] for r in report] == ["0", "0", "4"]
+        assert "P013_0a1b2c3d" in (project / "data/results/demo/report/iterations.html").read_text()
+    finally:
+        if kept is None:
+            converted.unlink()
+        else:
+            converted.write_bytes(kept)

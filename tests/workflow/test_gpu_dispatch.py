@@ -43,8 +43,8 @@ def test_gpu_steps_claim_one_of_the_listed_gpus(demo_rawdata: Path, tmp_path: Pa
     shutil.copytree(REPO / "config", tmp_path / "config")
     shutil.copytree(demo_rawdata, tmp_path / "data/rawdata/demo")
     gpu = _dry_run(tmp_path, "nnunet:\n  device: cuda\n  gpus: [0, 1]\n  folds: [0, 1, 2]\n")
-    commands = [line for line in gpu.splitlines() if line.startswith("Shell command: iterseg")]
-    steps = {c.split()[3] for c in commands if "--gpus 0 1 --gpu-lock-dir /tmp/iterseg-gpu-locks" in c}
+    commands = [line for line in gpu.splitlines() if line.startswith("Shell command: iterseg --log ")]
+    steps = {c.split()[5] for c in commands if "--gpus 0 1 --gpu-lock-dir /tmp/iterseg-gpu-locks" in c}
     assert steps == {"train", "predict", "evaluate"}
     assert sum(" train " in c for c in commands) == 6  # 3 folds x 2 iterations: none dropped
     cpu = _dry_run(tmp_path, "nnunet:\n  device: cpu\n  gpus: [0, 1]\n")
@@ -60,10 +60,10 @@ def test_data_parallel_folds_claim_their_gpus_together(demo_rawdata: Path, tmp_p
         # null: the trainer's own schedule (config files merge, so the demo's epochs are unset)
         "  first_iteration: {epochs: null}\n  fine_tuning: {epochs: null, initial_lr: null}\n",
     )
-    commands = [line for line in out.splitlines() if line.startswith("Shell command: iterseg")]
-    train = [c for c in commands if c.split()[3] == "train"]
+    commands = [line for line in out.splitlines() if line.startswith("Shell command: iterseg --log ")]
+    train = [c for c in commands if c.split()[5] == "train"]
     assert len(train) == 4 and all("--gpus 0 1 2 3" in c and "--num-gpus 2" in c for c in train)
-    others = [c for c in commands if c.split()[3] in ("predict", "evaluate")]
+    others = [c for c in commands if c.split()[5] in ("predict", "evaluate")]
     assert others and all("--gpus 0 1 2 3" in c and "--num-gpus" not in c for c in others)
     # what SLURM is asked for: two GPUs per fold job, one per prediction/evaluation job
     asked: dict[str, set[str]] = {}

@@ -106,7 +106,7 @@ def test_folds_trained_through_submitit_without_snakemake(
             iterseg, "predict", "--work", str(work), "--plan-record", str(work / "planned.json"),
             "--trainer", "nnUNetTrainerIterSegDemo", "--folds", "0", "1", "--device", "cpu",
             "--inbox", str(project / "data/rawdata/demo/inbox"), "--out", str(results), "--description", "t",
-            "--output", str(results / "predictions.json"),
+            "--output", str(tmp_path / "predicted.json"),  # the step's record; predictions.json is published
         ],
         check=True, capture_output=True, timeout=600,
     )  # fmt: skip

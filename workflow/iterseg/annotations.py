@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pydicom
 
-from iterseg.dicom_series import dicom_files
+from iterseg.dicom_series import dicom_files, header_text
 from iterseg.errors import SnapshotError
 from iterseg.roi import match_roi_name
 from iterseg.seg_export import ALGORITHM_NAME, LEGACY_ALGORITHM_NAMES, SEG_MANUFACTURER
@@ -63,6 +63,16 @@ class ExcludedAnnotation:
     patient_id: str
     files: tuple[str, ...]
     reason: str
+
+
+@dataclass(frozen=True)
+class CaseProblem:
+    """Why a case (or a file) of a snapshot cannot be converted: one line with file, cause and fix."""
+
+    patient_id: str
+    file: str
+    message: str
+    series_uids: tuple[str, ...] = ()  # the image series it rules out; none if no case is known
 
 
 @dataclass(frozen=True)
@@ -135,41 +145,113 @@ def _datetime(ds: pydicom.Dataset) -> str:
     return ""
 
 
-def scan_series(folder: Path, *more: Path) -> list[SeriesInfo]:
+def _identity(ds: pydicom.Dataset) -> tuple[str, str, str, str]:
+    return (
+        header_text(ds, "PatientID"),
+        str(getattr(ds, "StudyInstanceUID", "")),
+        str(ds.Modality),
+        str(getattr(ds, "FrameOfReferenceUID", "")),
+    )
+
+
+def _uid_clashes(
+    headers: dict[str, list[tuple[Path, pydicom.Dataset]]], problems: list[CaseProblem]
+) -> set[str]:
+    """Series UIDs that two different series (or two copies of one instance) share."""
+    clashing = set()
+    for uid, members in headers.items():
+        identities: dict[tuple[str, str, str, str], Path] = {}
+        for path, ds in members:
+            identities.setdefault(_identity(ds), path)
+        if len(identities) > 1:
+            (a, first), (b, second) = list(identities.items())[:2]
+            what = ", ".join(
+                f"{name} {x or '(none)'} / {y or '(none)'}"
+                for name, x, y in zip(
+                    ("PatientID", "study", "modality", "frame of reference"), a, b, strict=True
+                )
+                if x != y
+            )
+            problems.append(
+                CaseProblem(
+                    a[0],
+                    str(first),
+                    f"{first} and {second}: two different series share SeriesInstanceUID {uid} ({what}); "
+                    "a series UID must be unique: re-export one of them, or remove it from the snapshot",
+                    (uid,),
+                )
+            )
+            clashing.add(uid)
+            continue
+        seen: dict[str, Path] = {}
+        for path, ds in members:
+            sop = str(ds.SOPInstanceUID)
+            if sop in seen:
+                problems.append(
+                    CaseProblem(
+                        _identity(ds)[0],
+                        str(path),
+                        f"{path}: the same instance (SOPInstanceUID {sop}) as {seen[sop]}; remove the copy "
+                        "from the snapshot",
+                        (uid,),
+                    )
+                )
+                clashing.add(uid)
+                break
+            seen[sop] = path
+    return clashing
+
+
+def scan_series(folder: Path, *more: Path, problems: list[CaseProblem] | None = None) -> list[SeriesInfo]:
     """Group the DICOM files under ``folder`` (and ``more`` folders) by series, reading headers only.
 
     Files are DICOM by content, whatever their names (``I10``, ``label.seg``); non-DICOM files
     (researchers' notes, OS metadata files, archives) and ``DICOMDIR`` indexes are ignored.
+    Truncated or corrupt DICOM files, and series UIDs shared by two different series, are added
+    to ``problems`` (and such series left out); without the list they are errors.
     """
-    files: dict[str, list[Path]] = defaultdict(list)
-    sops: dict[str, list[str]] = defaultdict(list)
-    headers: dict[str, pydicom.Dataset] = {}
-    for path, ds in dicom_files(folder, *more):
-        uid = str(getattr(ds, "SeriesInstanceUID", ""))
-        if not uid or "Modality" not in ds:
-            logger.debug("skipping DICOM without series/modality %s", path)
-            continue
-        files[uid].append(path)
-        sops[uid].append(str(getattr(ds, "SOPInstanceUID", "")))
-        headers.setdefault(uid, ds)
+    found: list[CaseProblem] = []
+    unreadable: list[tuple[Path, str]] = []
+    headers: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
+    for path, ds in dicom_files(folder, *more, unreadable=unreadable):
+        headers[str(ds.SeriesInstanceUID)].append((path, ds))
+    clashing = _uid_clashes(headers, found)
     series = []
-    for uid, paths in files.items():
-        header = headers[uid]
+    for uid, members in headers.items():
+        if uid in clashing:
+            continue
+        paths = [path for path, _ in members]
+        header = members[0][1]
         series.append(
             SeriesInfo(
                 series_uid=uid,
                 study_uid=str(getattr(header, "StudyInstanceUID", "")),
                 modality=str(header.Modality),
-                patient_id=str(getattr(header, "PatientID", "")),
+                patient_id=header_text(header, "PatientID"),
                 folder=paths[0].parent,
                 referenced_series=_referenced_series(header),
                 files=tuple(paths),
-                sop_uids=tuple(sops[uid]),
+                sop_uids=tuple(str(ds.SOPInstanceUID) for _, ds in members),
                 series_datetime=_datetime(header),
                 roi_names=_roi_names(header),
                 unrefined_prediction=is_unrefined_prediction(header),
             )
         )
+    for path, reason in unreadable:
+        # the file may be one of their slices: a series read without it would silently lack it
+        near = [s for s in series if any(f.parent == path.parent for f in s.files)]
+        found.append(
+            CaseProblem(
+                near[0].patient_id if near else "",
+                str(path),
+                f"{path}: truncated or corrupt DICOM ({reason}); copy it again from the source, or remove it",
+                tuple(s.series_uid for s in near),
+            )
+        )
+    if problems is None and found:
+        raise SnapshotError("; ".join(p.message for p in found))
+    if problems is not None:
+        problems.extend(found)
     return series
 
 
@@ -205,25 +287,30 @@ def _exclude_unrefined(
 
 def _pick(
     snapshot: Path, image: SeriesInfo, anns: list[SeriesInfo], rule: DuplicateRule
-) -> tuple[SeriesInfo, str, list[ExcludedAnnotation]]:
-    """The one annotation of ``image``; several are an error unless ``rule`` decides."""
+) -> tuple[SeriesInfo, str, list[ExcludedAnnotation]] | CaseProblem:
+    """The one annotation of ``image``; several are a problem of the case unless ``rule`` decides."""
     if len(anns) == 1:
         return anns[0], f"only annotation of the series in snapshot {snapshot.name}", []
     where = ", ".join(str(a.files[0]) for a in anns)
     if rule is DuplicateRule.ERROR:
-        raise SnapshotError(
-            f"{snapshot.name}: image series {image.series_uid} (patient {image.patient_id}) has "
-            f"{len(anns)} annotations ({where}). Keep exactly one per image series in a snapshot "
-            "(put refined versions into a later snapshot), or set datasets.<name>.duplicate_annotations: "
-            "newest_series_date."
+        return CaseProblem(
+            image.patient_id,
+            str(anns[0].files[0]),
+            f"{where}: {len(anns)} annotations of image series {image.series_uid} ({image.folder}) in one "
+            "snapshot; keep exactly one per image series (put refined versions into a later snapshot), "
+            "or set datasets.<name>.duplicate_annotations: newest_series_date",
+            (image.series_uid,),
         )
     stamps = [a.series_datetime for a in anns]
     if "" in stamps or len(set(stamps)) != len(stamps):
-        raise SnapshotError(
-            f"{snapshot.name}: image series {image.series_uid} (patient {image.patient_id}) has "
-            f"{len(anns)} annotations ({where}) and duplicate_annotations is newest_series_date, "
-            f"but their SeriesDate/SeriesTime ({', '.join(s or 'missing' for s in stamps)}) do not "
-            "order them. Remove all but one from the snapshot."
+        return CaseProblem(
+            image.patient_id,
+            str(anns[0].files[0]),
+            f"{where}: {len(anns)} annotations of image series {image.series_uid} and duplicate_annotations "
+            "is newest_series_date, but their SeriesDate/SeriesTime "
+            f"({', '.join(s or 'missing' for s in stamps)}) do not order them; "
+            "remove all but one from the snapshot",
+            (image.series_uid,),
         )
     ordered = sorted(anns, key=lambda a: a.series_datetime)
     chosen = ordered[-1]
@@ -241,6 +328,62 @@ def _pick(
     return chosen, f"newest SeriesDate/Time of {len(anns)} annotations in snapshot {snapshot.name}", dropped
 
 
+def _link_problem(
+    ann: SeriesInfo, image: SeriesInfo | None, every: dict[str, SeriesInfo], modality: str, snapshot: Path
+) -> CaseProblem | None:
+    """Why ``ann`` cannot annotate the image series it references, or None if it can."""
+    where = ann.files[0]
+    if not ann.patient_id:
+        return CaseProblem(
+            "",
+            str(where),
+            f"{where}: the {ann.modality} has no PatientID; export it with one (an anonymiser must map "
+            "PatientID to a pseudonym, not remove it)",
+        )
+    ref = ann.referenced_series
+    if ref is None:
+        return CaseProblem(
+            ann.patient_id,
+            str(where),
+            f"{where}: the {ann.modality} names no image series it annotates (no referenced series); "
+            "save it again from the viewer or planning system with its image series loaded",
+        )
+    if image is None:
+        other = every.get(ref)
+        if other is not None and other.modality != ann.modality:
+            return CaseProblem(
+                ann.patient_id,
+                str(where),
+                f"{where}: annotates series {ref} in {other.folder}, which is {other.modality}, but the "
+                f"dataset's modality is {modality}; put {other.modality} cases into a dataset with modality: "
+                f"{other.modality}, or remove the annotation",
+            )
+        return CaseProblem(
+            ann.patient_id,
+            str(where),
+            f"{where}: the {ann.modality} of patient {ann.patient_id} references image series {ref}, "
+            f"which is neither in snapshot {snapshot.name} nor in an earlier converted snapshot; add that "
+            "series to the snapshot, or remove the annotation",
+        )
+    if not image.patient_id:
+        return CaseProblem(
+            "",
+            str(image.files[0]),
+            f"{image.folder}: the image series has no PatientID; export it with one (an anonymiser must map "
+            "PatientID to a pseudonym, not remove it)",
+            (image.series_uid,),
+        )
+    if image.patient_id != ann.patient_id:
+        return CaseProblem(
+            ann.patient_id,
+            str(where),
+            f"{where}: the {ann.modality} of patient {ann.patient_id} references image series {ref} of "
+            f"another patient, {image.patient_id} ({image.folder}); an annotation must belong to its image's "
+            "patient: re-export it from that patient's images, or remove it",
+        )
+    return None
+
+
 def select_annotations(
     snapshot: Path,
     modality: str,
@@ -248,7 +391,7 @@ def select_annotations(
     duplicates: DuplicateRule = DuplicateRule.ERROR,
     earlier_images: dict[str, SeriesInfo] | None = None,
     unpacked: list[Path] | None = None,
-) -> tuple[dict[str, Selection], list[ExcludedAnnotation]]:
+) -> tuple[dict[str, Selection], list[ExcludedAnnotation], list[CaseProblem]]:
     """Image series that must come out of the conversion, each with its single annotation.
 
     Parameters
@@ -270,52 +413,62 @@ def select_annotations(
     Returns
     -------
     tuple
-        Image series UID -> selection, and the annotations left out with their reasons.
+        Image series UID -> selection; the annotations left out with their reasons; and the
+        cases (or files) that cannot be converted, each with its one-line message: unreadable
+        files, an annotation of another patient's series or of a series that is not there, two
+        annotations of one series that no rule decides.
 
     Raises
     ------
     SnapshotError
-        When the snapshot holds no usable annotation, an annotation points at an image series
-        found neither here nor in an earlier snapshot, or one series has several annotations
-        and no rule decides.
+        When the snapshot holds no annotation, or only unrefined predictions of ours.
 
     """
-    series = scan_series(snapshot, *(unpacked or []))
+    problems: list[CaseProblem] = []
+    series = scan_series(snapshot, *(unpacked or []), problems=problems)
+    every = {s.series_uid: s for s in series}
     images = {s.series_uid: s for s in series if s.modality == modality}
     annotations = [s for s in series if s.modality in {k.value for k in AnnotationKind}]
-    if not annotations:
+    if not annotations and not problems:
         raise SnapshotError(
             f"{snapshot}: no SEG or RTSTRUCT found. A snapshot holds annotated cases; put "
             "unannotated images in the dataset's inbox folder instead."
         )
     excluded: list[ExcludedAnnotation] = []
-    if not allow_unrefined:
+    if not allow_unrefined and annotations:
         annotations, excluded = _exclude_unrefined(annotations, snapshot)
     earlier = earlier_images or {}
     by_image: dict[str, list[SeriesInfo]] = defaultdict(list)
+    ruled_out = {uid for p in problems for uid in p.series_uids}
     for ann in annotations:
         ref = ann.referenced_series
-        if ref not in images and ref in earlier:
+        if ref in ruled_out:
+            continue  # its image series is already listed with its own problem
+        if ref is not None and ref not in images and ref in earlier:
             images[ref] = earlier[ref]
             logger.info("%s: annotates image series %s of an earlier snapshot", ann.files[0], ref)
-        if ref not in images:
-            raise SnapshotError(
-                f"{ann.folder}: {ann.modality} (patient {ann.patient_id}) references image series "
-                f"{ref}, which is not a {modality} series in snapshot {snapshot.name} nor in an earlier "
-                "annotated snapshot. Add that series to the snapshot or remove the annotation."
-            )
-        by_image[ref].append(ann)
+        problem = _link_problem(ann, images.get(ref) if ref else None, every, modality, snapshot)
+        if problem is not None:
+            problems.append(problem)
+        elif ref is not None:
+            by_image[ref].append(ann)
     selected: dict[str, Selection] = {}
     for uid, anns in by_image.items():
-        chosen, reason, dropped = _pick(snapshot, images[uid], anns, duplicates)
+        picked = _pick(snapshot, images[uid], anns, duplicates)
+        if isinstance(picked, CaseProblem):
+            problems.append(picked)
+            continue
+        chosen, reason, dropped = picked
         excluded += dropped
         selected[uid] = Selection(images[uid], chosen, reason)
+    for uid in {uid for p in problems for uid in p.series_uids}:
+        selected.pop(uid, None)
     for uid, image in images.items():
-        if uid not in by_image:
+        if uid not in by_image and uid not in ruled_out and uid in every:
             logger.warning(
                 "%s: %s series of patient %s has no annotation in this snapshot; it is not used for training",
                 image.folder,
                 modality,
                 image.patient_id,
             )
-    return selected, excluded
+    return selected, excluded, problems

@@ -1,17 +1,22 @@
 """Snapshot content that arrives as ``.tar`` / ``.tar.gz`` archives, unpacked safely.
 
-Archives are unpacked into the iteration's procdata folder (rawdata stays read-only) with
-Python's ``data`` extraction filter, which refuses absolute paths, ``..``, links pointing out
-of the folder and device files; on top of it the total size and member count are bounded
-before anything is written, and each archive is unpacked into a temporary folder that is only
-renamed into place when every member passed.
+Archives are unpacked into the iteration's procdata folder (rawdata stays read-only). Before
+anything is written every member is checked: plain files and folders only (no symbolic or hard
+links, devices or FIFOs: a snapshot never needs them, and tarfile's ``data`` filter alone has a
+record of link bypasses on Python 3.11), relative paths without ``..``, and bounded total size
+and member count. Extraction then still runs with the ``data`` filter, into a temporary folder
+that is only renamed into place when every member was written. A truncated or corrupt archive
+is named with its cause.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import lzma
 import shutil
 import tarfile
+import zlib
 from pathlib import Path
 
 from iterseg.errors import SnapshotError
@@ -32,6 +37,25 @@ def _check(archive: Path, members: list[tarfile.TarInfo], max_bytes: int) -> Non
     if len(members) > MAX_MEMBERS:
         raise SnapshotError(
             f"{archive}: {len(members)} members, more than {MAX_MEMBERS}; unpack it yourself."
+        )
+    links = [m.name for m in members if not (m.isfile() or m.isdir())]
+    if links:
+        kinds = sorted(
+            {
+                "symbolic link" if m.issym() else "hard link" if m.islnk() else "device or FIFO"
+                for m in members
+                if m.name in links[:20]
+            }
+        )
+        raise SnapshotError(
+            f"{archive}: holds {len(links)} member(s) that are not plain files or folders "
+            f"({', '.join(kinds)}: {links[:3]}); snapshots need none: "
+            "repack it with the files themselves (tar -h follows links)."
+        )
+    parents = [m.name for m in members if ".." in Path(m.name).parts]
+    if parents:
+        raise SnapshotError(
+            f"{archive}: member path(s) with '..' {parents[:3]}; repack with paths inside the archive."
         )
     absolute = [m.name for m in members if m.name.startswith(("/", "\\")) or ":" in m.name.split("/")[0]]
     if absolute:
@@ -64,7 +88,22 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int = MAX_BYTES) -> Pa
             _check(archive, members, max_bytes)
             partial.mkdir(parents=True)
             tar.extractall(partial, filter="data")
-    except (tarfile.TarError, OSError) as exc:
+    except (
+        tarfile.ReadError,
+        tarfile.CompressionError,
+        EOFError,
+        zlib.error,
+        lzma.LZMAError,
+        OSError,
+    ) as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise SnapshotError(
+            f"{archive}: truncated or corrupt archive ({type(exc).__name__}: {exc}); copy it again from "
+            "the source (compare its checksum), or unpack it into the snapshot yourself."
+        ) from exc
+    except tarfile.TarError as exc:
         shutil.rmtree(partial, ignore_errors=True)
         raise SnapshotError(
             f"{archive}: refused to unpack ({type(exc).__name__}: {exc}). Archives may only hold plain "
@@ -76,12 +115,26 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int = MAX_BYTES) -> Pa
     return target
 
 
-def unpack_snapshot_archives(snapshot: Path, dest: Path, max_bytes: int = MAX_BYTES) -> list[Path]:
-    """Unpack every archive of ``snapshot`` into ``dest`` (replaced); return the unpacked folders."""
+def unpack_snapshot_archives(
+    snapshot: Path, dest: Path, max_bytes: int = MAX_BYTES, refused: list[tuple[Path, str]] | None = None
+) -> list[Path]:
+    """Unpack every archive of ``snapshot`` into ``dest`` (replaced); return the unpacked folders.
+
+    An archive that cannot be unpacked is added to ``refused`` with its message and the others
+    are unpacked; without that list the first one raises.
+    """
     archives = find_archives(snapshot)
     shutil.rmtree(dest, ignore_errors=True)
     if not archives:
         return []
     if len({a.name for a in archives}) != len(archives):
         raise SnapshotError(f"{snapshot}: two archives share a file name; rename one.")
-    return [extract_archive(a, dest, max_bytes) for a in archives]
+    folders = []
+    for archive in archives:
+        try:
+            folders.append(extract_archive(archive, dest, max_bytes))
+        except SnapshotError as exc:
+            if refused is None:
+                raise
+            refused.append((archive, str(exc)))
+    return folders

@@ -294,6 +294,8 @@ def assemble_dataset(
     return {
         "dataset_name": raw_dataset.name,
         "raw": str(raw_dataset),
+        # the snapshots trained on: the manifest lists the cases their conversion skipped
+        "converted": [str(d) for d in converted_dirs],
         "labels": labels,
         "cases": [r["case_id"] for r in train],
         "test_cases": [r["case_id"] for r in records if r["split"] == "test"],

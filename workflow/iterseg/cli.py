@@ -40,6 +40,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
     """Convert one snapshot to NIfTI cases, reusing unchanged pairs of earlier snapshots."""
     from iterseg.annotations import DuplicateRule
     from iterseg.convert import convert_snapshot
+    from iterseg.skipped import BadCasePolicy
 
     convert_snapshot(
         Path(args.snapshot),
@@ -51,6 +52,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
         args.allow_unrefined_predictions,
         DuplicateRule(args.duplicate_annotations),
         [Path(p).parent for p in args.reuse_from if p],
+        BadCasePolicy(args.on_bad_case),
     )
 
 
@@ -170,11 +172,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    """Predict the inbox and export DICOM-SEGs."""
-    from iterseg.predict import predict_inbox, write_predictions
+    """Predict the inbox, export DICOM-SEGs, publish them; record what was published."""
+    from iterseg.predict import predict_inbox, predicted_record, write_predicted_record
+    from iterseg.skipped import BadCasePolicy
 
     out = Path(args.out)
-    predictions = predict_inbox(
+    policy = BadCasePolicy(args.on_bad_case)
+    run = predict_inbox(
         Path(args.work),
         Path(args.plan_record),
         args.trainer,
@@ -185,8 +189,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
         out,
         args.description,
         Path(args.roi_yaml) if args.roi_yaml else None,
+        policy,
     )
-    write_predictions(predictions, Path(args.output))
+    write_predicted_record(predicted_record(out, run, policy), Path(args.output))
 
 
 def cmd_effort(args: argparse.Namespace) -> None:
@@ -265,7 +270,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_promote(args: argparse.Namespace) -> None:
     """Write the iteration's manifest, gate it, and move ``latest`` to it if it passes."""
     from iterseg.config import config_hash
-    from iterseg.manifest import MANIFEST_FILE, build_manifest, decide
+    from iterseg.manifest import MANIFEST_FILE, build_manifest, decide, skipped_cases
     from iterseg.promote import current_latest, settle
 
     results = Path(args.results)
@@ -273,6 +278,7 @@ def cmd_promote(args: argparse.Namespace) -> None:
     folds = [json.loads(Path(f).read_text()) for f in args.fold_records]
     config = json.loads(args.config_json)
     parent = json.loads(Path(args.previous).read_text())["iteration"] if args.previous else None
+    assembled = json.loads(Path(args.assembled).read_text())
     manifest = build_manifest(
         args.iteration,
         plan,
@@ -280,7 +286,7 @@ def cmd_promote(args: argparse.Namespace) -> None:
         / "nnUNet_preprocessed"
         / plan["dataset_name"]
         / f"{plan['plans']}.json",
-        json.loads(Path(args.assembled).read_text()),
+        assembled,
         folds,
         json.loads(Path(args.predictions).read_text()),
         json.loads(Path(args.test_metrics).read_text()),
@@ -288,6 +294,7 @@ def cmd_promote(args: argparse.Namespace) -> None:
         config_hash(config),
         Path(args.roi_yaml),
         parent,
+        skipped_cases(assembled, Path(args.predictions).parent),
     )
     if args.effort:
         manifest["annotation_effort"] = {
@@ -347,13 +354,16 @@ def cmd_submit(args: argparse.Namespace) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    """Print the dataset's iterations."""
-    from iterseg.promote import status_table
+    """Print the dataset's iterations, the cases they skipped, and what to refine next."""
+    from iterseg.promote import skipped_list, status_table
 
     results = Path(args.results) / args.dataset
     if not results.is_dir():
         raise IterSegError(f"{results}: no results yet for dataset {args.dataset!r}; run snakemake first.")
     sys.stdout.write(status_table(results) + "\n")
+    skipped = skipped_list(results)
+    if skipped:
+        sys.stdout.write(skipped + "\n")
     from iterseg.report import refine_next
 
     advice = refine_next(results)
@@ -366,6 +376,13 @@ def cmd_rollback(args: argparse.Namespace) -> None:
     from iterseg.promote import rollback
 
     rollback(Path(args.results) / args.dataset, args.date, args.reason)
+
+
+def cmd_reconvert(args: argparse.Namespace) -> None:
+    """Opt in to re-training an iteration on its snapshot's changed files: convert it again."""
+    from iterseg.snapshot_state import forget_conversion
+
+    forget_conversion(Path(args.procdata), args.dataset, args.date)
 
 
 def _add(
@@ -423,6 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="cases.json of earlier snapshots whose unchanged pairs are reused",
     )
+    p.add_argument(
+        "--on-bad-case",
+        default="skip",
+        choices=["skip", "fail"],
+        help="skip: leave a case that cannot be converted out and list it in skipped.json; fail: stop",
+    )
 
     p = _add(sub, "assemble", cmd_assemble, "build an iteration's nnU-Net raw dataset")
     p.add_argument("--work", required=True)
@@ -465,10 +488,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", nargs="+", required=True)
     p.add_argument("--inbox", required=True)
     p.add_argument("--modality", default="CT", choices=["CT", "MR"])
-    p.add_argument("--out", required=True, help="the iteration's results folder")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="the iteration's results folder: labels/, seg/, predictions.json and skipped_predictions.json "
+        "are published there once every case is done",
+    )
     p.add_argument("--description", required=True)
     p.add_argument("--roi-yaml", help="coded descriptions and colours of the labels")
-    p.add_argument("--output", required=True)
+    p.add_argument(
+        "--on-bad-case",
+        default="skip",
+        choices=["skip", "fail"],
+        help="a case that cannot be read, predicted or exported: skip it (listed in "
+        "skipped_predictions.json) or fail naming every such case, publishing nothing",
+    )
+    p.add_argument(
+        "--output", required=True, help="the step's record (procdata/.../predicted.json): what was published"
+    )
 
     p = _add(sub, "evaluate", cmd_evaluate, "predict the frozen test set and score Dice and NSD per label")
     _add_model_args(p)
@@ -516,7 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan-record", required=True)
     p.add_argument("--assembled", required=True, help="the iteration's assembled.json")
     p.add_argument("--fold-records", nargs="+", required=True)
-    p.add_argument("--predictions", required=True)
+    p.add_argument(
+        "--predictions", required=True, help="the iteration's published predictions.json (results folder)"
+    )
     p.add_argument("--test-metrics", required=True)
     p.add_argument("--roi-yaml", required=True)
     p.add_argument("--config-json", required=True, help="the validated workflow config, as JSON")
@@ -578,6 +617,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("date", nargs="?", help="iteration to point at (default: the one before `latest`)")
     p.add_argument("--results", default="data/results")
     p.add_argument("--reason", default="", help="recorded in latest_history.jsonl")
+
+    p = _add(
+        sub,
+        "reconvert",
+        cmd_reconvert,
+        "convert a snapshot changed after its conversion again: the next snakemake run re-trains its "
+        "iteration and every later one on the changed files",
+    )
+    p.add_argument("dataset")
+    p.add_argument("date", help="the snapshot's date, YYYY-MM-DD")
+    p.add_argument("--procdata", default="data/procdata")
     return parser
 
 
@@ -633,6 +683,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``iterseg`` command."""
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose, args.quiet, args.log)
+    from iterseg.processes import children_die_with_us
+
+    # before any step forks (nnU-Net's data-loader workers): a step killed with -9 leaves no
+    # worker behind; SIGTERM still goes through _say_when_stopped's handler first
+    children_die_with_us()
     try:
         if getattr(args, "gpus", None):
             from iterseg.gpus import claim_gpu
@@ -650,11 +705,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
+            return _unexpected(exc, args)
         logger.debug("out of space", exc_info=True)
         logger.error("%s", _out_of_space(exc, args))
         return 2
+    except Exception as exc:  # a bug of ours or of a library: still one line where the user looks
+        return _unexpected(exc, args)
     return 0
+
+
+def _unexpected(exc: BaseException, args: argparse.Namespace) -> int:
+    """Log the traceback (to the step's log with --log) and one line to the terminal; exit 1."""
+    import traceback
+
+    if not args.log and not args.verbose:
+        raise exc  # run by hand: the traceback is the most useful output
+    traceback.print_exception(exc, file=sys.stderr)  # stderr is the log file with --log
+    sys.stderr.flush()
+    logger.error(
+        "iterseg %s stopped by an unexpected %s: %s. This is a bug of iterseg or a library it uses: please "
+        "report it with the log; rawdata was not changed",
+        args.command,
+        type(exc).__name__,
+        str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else "",
+    )
+    return 1
 
 
 if __name__ == "__main__":

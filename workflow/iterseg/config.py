@@ -197,6 +197,26 @@ def load_settings(config: dict[str, Any], config_dir: Path = Path("config")) -> 
     )
 
 
+def check_roi_yamls(settings: Settings) -> None:
+    """Read every dataset's ROI YAML now, so a bad one stops the run at start-up, not in a job.
+
+    Raises
+    ------
+    ConfigError
+        Naming the dataset, the file and the problem (missing, not YAML, a regex that does not
+        compile, an unusable label name).
+
+    """
+    from iterseg.roi import load_roi_terms, load_roi_yaml
+
+    for name, ds in settings.datasets.items():
+        try:
+            load_roi_yaml(ds.roi_yaml)
+            load_roi_terms(ds.roi_yaml, warn=False)  # the export step warns about uncoded labels
+        except ConfigError as exc:
+            raise ConfigError(f"dataset {name}: {exc}") from None
+
+
 def _schedule(data: Mapping[str, Any], default_trainer: str) -> Schedule:
     return Schedule(data.get("trainer", default_trainer), data.get("epochs"), data.get("initial_lr"))
 

@@ -15,11 +15,13 @@ import logging
 import os
 import re
 import shutil
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from iterseg.annotations import (
+    CaseProblem,
     DuplicateRule,
     Selection,
     SeriesInfo,
@@ -30,8 +32,10 @@ from iterseg.annotations import (
 from iterseg.archives import unpack_snapshot_archives
 from iterseg.convert_case import PairJob, PairResult, convert_pair
 from iterseg.convert_check import RTSTRUCT_TOLERANCE, RoiCheck
-from iterseg.errors import ConversionError, SnapshotError
-from iterseg.roi import load_roi_yaml
+from iterseg.errors import ConversionError
+from iterseg.roi import load_roi_yaml, matching_labels
+from iterseg.skipped import SKIPPED_FILE, BadCasePolicy, SkippedCase, Stage, write_skipped
+from iterseg.snapshot_state import SNAPSHOT_RECORD, record_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +79,19 @@ def case_id(patient_id: str, image_series_uid: str) -> str:
     """Stable nnU-Net case identifier for an image series: patient plus a short series hash.
 
     The same image series gets the same id in every snapshot, so a refined annotation in a
-    later snapshot replaces the earlier one.
+    later snapshot replaces the earlier one. Only letters, digits and ``-`` of the PatientID are
+    kept (at most 40): a header value never becomes a path (``P/007``, ``../..``, ``/abs``, NUL).
     """
-    safe = re.sub(r"[^A-Za-z0-9-]+", "-", patient_id).strip("-") or "anon"
+    ascii_id = unicodedata.normalize("NFKD", patient_id).encode("ascii", "ignore").decode()
+    safe = re.sub(r"[^A-Za-z0-9-]+", "-", ascii_id).strip("-")[:40].strip("-") or "anon"
     return f"{safe}_{hashlib.sha1(image_series_uid.encode()).hexdigest()[:8]}"
+
+
+def _inside(root: Path, path: Path) -> Path:
+    """``path``, after making sure it resolves inside ``root`` (no header value may lead elsewhere)."""
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise ConversionError(f"{path}: would be written outside {root}; report this as an iterseg bug.")
+    return path
 
 
 def reuse_key(image_hash: str, annotation_hash: str, roi_yaml: Path, modality: str, strategy: str) -> str:
@@ -167,8 +180,8 @@ def _jobs(
                 image_files=tuple(image.files),
                 annotation_kind=ann.modality,
                 annotation_files=tuple(ann.files),
-                image_out=out / "cases" / f"{cid}_0000.nii.gz",
-                label_out=out / "cases" / f"{cid}.nii.gz",
+                image_out=_inside(out, out / "cases" / f"{cid}_0000.nii.gz"),
+                label_out=_inside(out, out / "cases" / f"{cid}.nii.gz"),
                 roi_labels=roi_labels,
                 strategy=strategy,
             )
@@ -183,7 +196,16 @@ def _run_pairs(jobs: list[PairJob], workers: int) -> list[PairResult]:
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn")) as pool:
+    from iterseg.processes import die_with_parent_initializer
+
+    # spawned workers hold both ends of the call queue's pipe: killed with -9, we would leave
+    # them waiting forever; and they run no at-fork hook, so they are told at start-up
+    with ProcessPoolExecutor(
+        min(workers, len(jobs)),
+        mp_context=get_context("spawn"),
+        initializer=die_with_parent_initializer,
+        initargs=(os.getpid(),),
+    ) as pool:
         return list(pool.map(convert_pair, jobs))
 
 
@@ -197,6 +219,7 @@ def convert_snapshot(
     allow_unrefined: bool = False,
     duplicates: DuplicateRule = DuplicateRule.ERROR,
     reuse_from: list[Path] | None = None,
+    on_bad_case: BadCasePolicy = BadCasePolicy.SKIP,
 ) -> list[ConvertedCase]:
     """Convert every annotated case of a snapshot to NIfTI image/label pairs.
 
@@ -222,27 +245,33 @@ def convert_snapshot(
         ``converted`` folders of earlier snapshots: a pair whose files, ROI YAML and settings are
         unchanged is linked from there instead of converted again; their image series may be
         annotated anew here without being repeated in this snapshot.
+    on_bad_case
+        skip: a case that cannot be converted is left out and listed in ``out/skipped.json``;
+        fail: it stops the conversion.
 
     Returns
     -------
     list[ConvertedCase]
-        Also written to ``out/cases.json``; left-out annotations to ``out/excluded.json``.
-        A case drawing only some ROIs of the YAML is kept, its ``missing_rois`` listed (the
-        assembly applies the dataset's ``missing_roi`` policy).
+        Also written to ``out/cases.json``; left-out annotations to ``out/excluded.json``, cases
+        that could not be converted to ``out/skipped.json``. A case drawing only some ROIs of
+        the YAML is kept, its ``missing_rois`` listed (the assembly applies the dataset's
+        ``missing_roi`` policy).
 
     Raises
     ------
     ConversionError
-        If any pair cannot be converted exactly (one line per case: file, cause, fix) or the
-        conversion check finds a difference.
+        If a case cannot be converted and ``on_bad_case`` is fail, or no case can (one line per
+        case: file, cause, fix), or the conversion check finds a difference.
 
     """
     roi_labels = load_roi_yaml(roi_yaml)
     earlier, earlier_images = _earlier_index(reuse_from or [])
-    unpacked = unpack_snapshot_archives(snapshot, out.parent / "unpacked")
-    selected, excluded = select_annotations(
+    refused: list[tuple[Path, str]] = []
+    unpacked = unpack_snapshot_archives(snapshot, out.parent / "unpacked", refused=refused)
+    selected, excluded, problems = select_annotations(
         snapshot, modality, allow_unrefined, duplicates, earlier_images, unpacked
     )
+    problems += [CaseProblem("", str(archive), message) for archive, message in refused]
     if out.exists():
         shutil.rmtree(out)
     (out / "cases").mkdir(parents=True)
@@ -250,26 +279,15 @@ def convert_snapshot(
     converted: list[ConvertedCase] = []
     reused_checks: list[dict[str, Any]] = []
     pendings: list[_Pending] = []
-    problems: list[str] = []
     for sel in selected.values():
-        present = tuple(present_labels(sel.annotation, roi_labels))
-        if not present:
-            problems.append(
-                f"patient {sel.image.patient_id}: {sel.annotation.files[0]}: none of its ROIs "
-                f"({', '.join(sel.annotation.roi_names) or 'none'}) matches a label of {roi_yaml}; rename "
-                "the ROI or add its name to a label's regexes"
-            )
+        problem = _pair_problem(sel, roi_labels, roi_yaml)
+        if problem is not None:
+            problems.append(problem)
             continue
-        gone = [f for f in (*sel.image.files, *sel.annotation.files) if not f.is_file()]
-        if gone:  # an image series of an earlier snapshot, annotated anew here
-            raise SnapshotError(
-                f"{gone[0]}: recorded in an earlier conversion but missing now ({len(gone)} file(s)); "
-                "snapshots are read-only once converted — restore the file."
-            )
         image_hash, ann_hash = content_hash(sel.image.files), content_hash(sel.annotation.files)
         pending = _Pending(
             sel,
-            present,
+            tuple(present_labels(sel.annotation, roi_labels)),
             image_hash,
             ann_hash,
             reuse_key(image_hash, ann_hash, roi_yaml, modality, mask_saving_strategy),
@@ -307,42 +325,163 @@ def convert_snapshot(
         for p, r in zip(pendings, results, strict=True)
         if not r.error
     ]
-    problems += [r.error for r in results if r.error]
-    if problems:
-        raise ConversionError(
-            f"{snapshot}: {len(problems)} case(s) could not be converted:\n  "
-            + "\n  ".join(problems)
-            + "\nEach line names the file, the cause and the fix (or move the case out of the snapshot); "
-            "rawdata was not changed."
+    problems += [
+        CaseProblem(
+            p.selection.image.patient_id,
+            str(p.selection.image.folder),
+            r.error,
+            (p.selection.image.series_uid,),
         )
-    report_check(snapshot, out, results, reused_checks)
+        for p, r in zip(pendings, results, strict=True)
+        if r.error
+    ]
+    mismatched = report_check(snapshot, out, [r for r in results if not r.error], reused_checks)
+    annotation_of = {c.case_id: (c.annotation_files[0], c.image_series_uid) for c in new}
+    problems += _mismatch_problems(mismatched, annotation_of, out)
+    dropped = {c.case_id for c in mismatched}
+    new = [c for c in new if c.case_id not in dropped]
     converted = sorted(converted + new, key=lambda c: c.case_id)
+    _settle_problems(snapshot, out, problems, converted, on_bad_case)
+    # last before cases.json: a run stopped in between leaves no cases.json, so it converts again
+    record_snapshot(snapshot, out / SNAPSHOT_RECORD)
     (out / CASES_FILE).write_text(json.dumps([asdict(c) for c in converted], indent=2))
     partial = [c for c in converted if c.missing_rois]
     logger.info(
-        "%s: %d case(s): %d converted, %d reused unchanged; %d lack some ROI (%s)",
+        "%s: %d case(s): %d converted, %d reused unchanged, %d skipped; %d lack some ROI (%s)",
         snapshot.name,
         len(converted),
         len(new),
         len(converted) - len(new),
+        len(problems),
         len(partial),
         ", ".join(f"{c.patient_id}: {'+'.join(c.missing_rois)}" for c in partial) or "none",
     )
     return converted
 
 
+def _pair_problem(sel: Selection, roi_labels: dict[str, list[str]], roi_yaml: Path) -> CaseProblem | None:
+    """Why a selected pair cannot be converted before reading its pixels, or None."""
+    ann = sel.annotation
+    uid = (sel.image.series_uid,)
+    if sel.image.patient_id != sel.image.patient_id.strip() or re.search(
+        r"[/\\\x00]|\.\.", sel.image.patient_id
+    ):
+        logger.warning(
+            "patient %r: the PatientID holds path characters; its case id is %s (nothing is written "
+            "where it points)",
+            sel.image.patient_id,
+            case_id(sel.image.patient_id, sel.image.series_uid),
+        )
+    ambiguous = {name: found for name in ann.roi_names if len(found := matching_labels(name, roi_labels)) > 1}
+    if ambiguous:
+        name, labels = next(iter(ambiguous.items()))
+        return CaseProblem(
+            ann.patient_id,
+            str(ann.files[0]),
+            f"{ann.files[0]}: ROI {name!r} matches {len(labels)} labels of {roi_yaml} ({', '.join(labels)}); "
+            "make the labels' regexes exclusive (e.g. anchor them: '^GTV$'), or rename the ROI",
+            uid,
+        )
+    if not present_labels(ann, roi_labels):
+        return CaseProblem(
+            ann.patient_id,
+            str(ann.files[0]),
+            f"{ann.files[0]}: none of its ROIs ({', '.join(ann.roi_names) or 'none'}) matches a label of "
+            f"{roi_yaml}; rename the ROI or add its name to a label's regexes",
+            uid,
+        )
+    gone = [f for f in (*sel.image.files, *ann.files) if not f.is_file()]
+    if gone:  # an image series of an earlier snapshot, annotated anew here
+        return CaseProblem(
+            ann.patient_id,
+            str(gone[0]),
+            f"{gone[0]}: recorded in an earlier conversion but missing now ({len(gone)} file(s)); snapshots "
+            "are read-only once converted: restore the file",
+            uid,
+        )
+    return None
+
+
+def _mismatch_problems(
+    mismatched: list[RoiCheck], annotation_of: dict[str, tuple[str, str]], out: Path
+) -> list[CaseProblem]:
+    """The cases whose written label map differs from their annotation: our fault, never trained on."""
+    problems = []
+    for cid in sorted({c.case_id for c in mismatched}):
+        rois = [c for c in mismatched if c.case_id == cid]
+        what = "; ".join(
+            f"ROI {c.label}: {c.beyond_tolerance} voxel(s) differ, {c.slices_missing} slice(s) missing, "
+            f"{c.slices_extra} extra (annotation {c.expected_voxels} voxels, converted {c.converted_voxels})"
+            for c in rois
+        )
+        annotation, series_uid = annotation_of[cid]
+        problems.append(
+            CaseProblem(
+                rois[0].patient_id,
+                annotation,
+                f"{annotation}: the conversion changed its annotation ({what}; details in "
+                f"{out / CHECK_FILE}); it is not trained on. Report the case with its annotation file so the "
+                "converter can be fixed",
+                (series_uid,),
+            )
+        )
+        for suffix in ("_0000.nii.gz", ".nii.gz"):
+            (out / "cases" / f"{cid}{suffix}").unlink(missing_ok=True)
+    return problems
+
+
+def _skipped_cases(snapshot: Path, problems: list[CaseProblem]) -> list[SkippedCase]:
+    skipped = []
+    for p in problems:
+        ids = [case_id(p.patient_id, uid) for uid in p.series_uids] or [""]
+        skipped += [
+            SkippedCase(Stage.CONVERT.value, snapshot.name, cid, p.patient_id, p.file, p.message)
+            for cid in ids
+        ]
+    return skipped
+
+
+def _settle_problems(
+    snapshot: Path,
+    out: Path,
+    problems: list[CaseProblem],
+    converted: list[ConvertedCase],
+    on_bad_case: BadCasePolicy,
+) -> None:
+    """Record the cases that could not be converted; stop when the policy or an empty result says so."""
+    skipped = _skipped_cases(snapshot, problems)
+    write_skipped(out / SKIPPED_FILE, skipped if on_bad_case is BadCasePolicy.SKIP else [])
+    lines = [f"patient {p.patient_id}: {p.message}" if p.patient_id else p.message for p in problems]
+    if problems and (on_bad_case is BadCasePolicy.FAIL or not converted):
+        why = (
+            "no case could be converted"
+            if not converted
+            else f"{len(problems)} case(s) could not be converted"
+        )
+        raise ConversionError(
+            f"{snapshot}: {why}:\n  "
+            + "\n  ".join(lines)
+            + "\nEach line names the file, the cause and the fix"
+            + (" (or set on_bad_case: skip to train on the other cases)" if converted else "")
+            + "; rawdata was not changed."
+        )
+    for line in lines:
+        logger.warning("skipped: %s", line)
+    if problems:
+        logger.warning(
+            "%s: %d case(s) skipped (on_bad_case: skip), listed in %s",
+            snapshot.name,
+            len(problems),
+            out / SKIPPED_FILE,
+        )
+
+
 def report_check(
     snapshot: Path, out: Path, results: list[PairResult], reused: list[dict[str, Any]] | None = None
 ) -> list[RoiCheck]:
-    """Write ``out/check.json`` from the pairs' conversion checks; stop on any mismatch.
+    """Write ``out/check.json`` from the pairs' conversion checks; return the ROIs that differ.
 
     Rows of reused cases (checked when first converted) are carried over into the report.
-
-    Raises
-    ------
-    ConversionError
-        Naming each case and ROI whose voxels differ beyond the tolerance of its annotation kind.
-
     """
     checks = [c for r in results for c in r.checks]
     voxels = sum(r.voxels for r in results)
@@ -366,20 +505,7 @@ def report_check(
         voxels,
         len(bad),
     )
-    if bad:
-        lines = [
-            f"patient {c.patient_id} ({c.case_id}), ROI {c.label} from {c.annotation}: "
-            f"{c.beyond_tolerance} voxel(s) differ, {c.slices_missing} slice(s) missing, "
-            f"{c.slices_extra} extra (annotation {c.expected_voxels} voxels, converted {c.converted_voxels})"
-            for c in bad
-        ]
-        raise ConversionError(
-            f"{snapshot}: conversion changed the annotation of {len(bad)} ROI(s):\n  "
-            + "\n  ".join(lines)
-            + f"\nDetails in {out / CHECK_FILE}. Nothing was trained on it; report the case with its "
-            "annotation file so the converter can be fixed. Rawdata was not changed."
-        )
-    return checks
+    return bad
 
 
 def sitk_size(path: Path) -> tuple[int, ...]:

@@ -9,6 +9,7 @@ map is read back and compared with an independent reading of the annotation (``c
 
 from __future__ import annotations
 
+import errno
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,8 +78,17 @@ def read_image(series: ImageSeries, grid: SliceGrid) -> Any:
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
+    # ITK picks a reader by the first file's preamble; exports without one are DICOM all the same
+    reader.SetImageIO("GDCMImageIO")
     reader.SetFileNames([str(f) for f in series.files])
-    image = reader.Execute()
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        last = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+        raise ConversionError(
+            f"{grid.folder}: GDCM could not read the pixels of series {grid.series_uid} ({last[:300]}); "
+            "a slice may be corrupt: open the series in a viewer, re-export it, or report it with its files"
+        ) from exc
     if tuple(image.GetSize()) != grid.grid.size:
         raise ConversionError(
             f"{grid.folder}: SimpleITK read {image.GetSize()} voxels from series {grid.series_uid}, expected "
@@ -106,6 +116,15 @@ def _draw(job: PairJob, grid: SliceGrid) -> tuple[np.ndarray, tuple[str, ...]]:
     reader = read_seg if job.annotation_kind == "SEG" else read_rtstruct
     content = reader(job.annotation_files[0], grid, job.roi_labels, canvas)
     return canvas.array, content.empty_labels
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _discard(writer: Any, job: PairJob) -> None:
+    writer.shutdown(wait=True)
+    for path in (job.image_out, job.label_out):
+        path.unlink(missing_ok=True)
 
 
 def convert_pair(job: PairJob) -> PairResult:
@@ -138,9 +157,22 @@ def convert_pair(job: PairJob) -> PairResult:
             )
             written.result()
         except ConversionError as exc:  # GeometryError too
-            writer.shutdown(wait=True)
-            for path in (job.image_out, job.label_out):
-                path.unlink(missing_ok=True)
-            return PairResult(job.case_id, error=f"patient {job.patient_id}: {exc}")
+            _discard(writer, job)
+            return PairResult(job.case_id, error=str(exc))
+        except (OSError, MemoryError) as exc:
+            _discard(writer, job)
+            if isinstance(exc, OSError) and exc.filename is not None and exc.errno not in _FULL:
+                return PairResult(job.case_id, error=f"{exc.filename}: cannot be read ({exc.strerror})")
+            raise  # a full disk or no memory is the machine's problem, not the case's
+        except Exception as exc:  # a reader library choking on one case must not stop the others
+            logger.debug("patient %s: unexpected failure", job.patient_id, exc_info=True)
+            _discard(writer, job)
+            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+            return PairResult(
+                job.case_id,
+                error=f"{job.image_files[0].parent} with {job.annotation_files[0]}: conversion failed "
+                f"({type(exc).__name__}: {first[:300]}); a file of the case may be corrupt: check it in a "
+                "viewer, or report the case with its files so the converter can be fixed",
+            )
     voxels = grid.rows * grid.cols * grid.slices
     return PairResult(job.case_id, checks, empty, voxels)

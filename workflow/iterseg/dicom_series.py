@@ -22,31 +22,119 @@ _RAW_STARTS = (b"\x02\x00", b"\x08\x00")
 _REQUIRED = ("SOPInstanceUID", "SeriesInstanceUID", "Modality")
 
 
+def header_text(ds: pydicom.Dataset, keyword: str) -> str:
+    """A text attribute as one printable string (several values joined by a backslash).
+
+    pydicom splits a PatientID holding a backslash into several values (its repr is a Python
+    list), and a NUL or newline from a hostile header would land raw in logs and records.
+    """
+    value = ds.get(keyword, "")
+    if isinstance(value, pydicom.multival.MultiValue):
+        value = "\\".join(str(v) for v in value)
+    return "".join(c for c in str(value if value is not None else "") if c.isprintable()).strip()
+
+
+class CorruptDicom(Exception):  # noqa: N818 - a reason, carried to the caller's list
+    """A file that is DICOM but cannot be used: truncated, corrupt, or without its UIDs."""
+
+
+# Names a scanner or copy gives slices: an empty one is a lost slice, not a stray note.
+_SLICE_SUFFIXES = ("", ".dcm", ".ima", ".dicom")
+
+
+def _pixel_data_problem(path: Path, ds: pydicom.Dataset, tell: int) -> str | None:
+    """Why the pixel data that starts at byte ``tell`` of ``path`` is incomplete, or None.
+
+    pydicom reads a truncated PixelData without complaint (it returns the bytes there are),
+    and SimpleITK then fails on the whole series with a message naming none of its files.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        handle.seek(tell)
+        head = handle.read(12)
+        if head[:2] != b"\xe0\x7f":
+            return None  # stopped before another element: not a pixel data set
+        if len(head) < 8:
+            return f"the file ends inside its PixelData element ({size} bytes)"
+        implicit = bool(getattr(ds, "is_implicit_VR", False)) or not head[4:6].isalpha()
+        length = int.from_bytes(head[4:8] if implicit else head[8:12], "little")
+        start = tell + (8 if implicit else 12)
+        if length == 0xFFFFFFFF:  # encapsulated (compressed) frames end with a delimiter
+            handle.seek(max(size - 8, 0))
+            if handle.read(8) != b"\xfe\xff\xdd\xe0\x00\x00\x00\x00":
+                return "its compressed PixelData has no end delimiter: the file was cut short"
+            return None
+    if start + length > size:
+        return (
+            f"its PixelData declares {length} bytes but the file ends after {size - start}: it was cut short"
+        )
+    try:
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        bits = int(ds.BitsAllocated)
+        expected = int(ds.Rows) * int(ds.Columns) * int(getattr(ds, "SamplesPerPixel", 1)) * frames
+    except (AttributeError, TypeError, ValueError):
+        return None  # the geometry checks name a missing Rows/Columns with its series
+    needed = (expected * bits + 7) // 8
+    if length < needed:
+        return (
+            f"its PixelData holds {length} bytes; its header ({ds.Rows}x{ds.Columns}, "
+            f"{frames} frame(s)) needs {needed}"
+        )
+    return None
+
+
+def _parses_raw(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(2) in _RAW_STARTS
+
+
 def read_header(path: Path) -> pydicom.Dataset | None:
     """The header of a DICOM file, recognised by content whatever its name; None for anything else.
 
     A file is DICOM if it has the preamble and ``DICM`` prefix, or (exports without preamble)
     if it parses as a data set carrying SOP/series UIDs and a modality. ``DICOMDIR`` index files
     describe an export but hold no image, and are skipped.
+
+    Raises
+    ------
+    CorruptDicom
+        For a file that is DICOM (or an empty slice file) but cannot be used, with the reason:
+        cut short, unparsable after its ``DICM`` prefix, or without its UIDs.
+
     """
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        with path.open("rb") as handle:
+            ds = pydicom.dcmread(handle, stop_before_pixels=True)
+            tell = handle.tell()
     except InvalidDicomError:
+        if path.stat().st_size == 0 and path.suffix.lower() in _SLICE_SUFFIXES:
+            raise CorruptDicom("the file is empty (0 bytes): an interrupted copy?") from None
+        if path.suffix.lower() in _SLICE_SUFFIXES[1:] and not _parses_raw(path):
+            raise CorruptDicom(f"named {path.suffix} but not DICOM (no DICM prefix, no data set)") from None
         try:
             with path.open("rb") as handle:
                 if handle.read(2) not in _RAW_STARTS:
                     return None
-            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+                handle.seek(0)
+                ds = pydicom.dcmread(handle, stop_before_pixels=True, force=True)
+                tell = handle.tell()
             if not all(ds.get(key) for key in _REQUIRED):
                 return None
         except Exception:  # force-parsing arbitrary bytes can fail in many ways
             return None
-    except (OSError, EOFError, ValueError, KeyError, TypeError):
-        return None
+    except Exception as exc:  # it claimed to be DICOM (the DICM prefix) and then broke
+        raise CorruptDicom(f"unreadable after its DICM prefix ({type(exc).__name__}: {exc})") from exc
     meta = getattr(ds, "file_meta", None)
     if meta is not None and str(meta.get("MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY:
         logger.debug("skipping DICOMDIR %s", path)
         return None
+    missing = [key for key in _REQUIRED if not ds.get(key)]
+    if missing:
+        raise CorruptDicom(f"a DICOM file without {', '.join(missing)}")
+    if "PixelData" not in ds and tell < path.stat().st_size:
+        problem = _pixel_data_problem(path, ds, tell)
+        if problem:
+            raise CorruptDicom(problem)
     return ds
 
 
@@ -73,14 +161,27 @@ def contour_points(contour: pydicom.Dataset) -> np.ndarray:
     return values.reshape(-1, 3)
 
 
-def dicom_files(*folders: Path) -> list[tuple[Path, pydicom.Dataset]]:
-    """Every DICOM file below ``folders`` with its header, by content (hidden files skipped)."""
+def dicom_files(
+    *folders: Path, unreadable: list[tuple[Path, str]] | None = None
+) -> list[tuple[Path, pydicom.Dataset]]:
+    """Every DICOM file below ``folders`` with its header, by content (hidden files skipped).
+
+    Files that are DICOM but unusable (truncated, corrupt, without UIDs) are appended to
+    ``unreadable`` with the reason; without that list they are logged as warnings.
+    """
     found = []
     paths = sorted(
         p for root in folders for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
     )
     for path in paths:
-        ds = read_header(path)
+        try:
+            ds = read_header(path)
+        except CorruptDicom as exc:
+            if unreadable is None:
+                logger.warning("%s: ignored: truncated or corrupt DICOM: %s", path, exc)
+            else:
+                unreadable.append((path, str(exc)))
+            continue
         if ds is None:
             logger.debug("skipping non-DICOM file %s", path)
             continue
@@ -141,20 +242,23 @@ def sort_by_position(
     return [datasets[i] for i in order], [files[i] for i in order]
 
 
-def find_image_series(folder: Path, modality: str | tuple[str, ...]) -> list[ImageSeries]:
-    """All series of ``modality`` (one or several) below ``folder``, each sorted geometrically."""
+def find_image_series(
+    folder: Path, modality: str | tuple[str, ...], unreadable: list[tuple[Path, str]] | None = None
+) -> list[ImageSeries]:
+    """All series of ``modality`` (one or several) below ``folder``, each sorted geometrically.
+
+    ``unreadable``: as for :func:`dicom_files` (truncated or corrupt DICOM files, with the reason).
+    """
     modalities = (modality,) if isinstance(modality, str) else modality
     grouped: dict[str, list[tuple[pydicom.Dataset, Path]]] = {}
-    for path, ds in dicom_files(folder):
+    for path, ds in dicom_files(folder, unreadable=unreadable):
         if getattr(ds, "Modality", None) not in modalities or "ImagePositionPatient" not in ds:
             continue
         grouped.setdefault(str(ds.SeriesInstanceUID), []).append((ds, path))
     series = []
     for uid, items in sorted(grouped.items()):
         datasets, files = sort_by_position([d for d, _ in items], [p for _, p in items])
-        series.append(
-            ImageSeries(uid, str(getattr(datasets[0], "PatientID", "")), tuple(files), tuple(datasets))
-        )
+        series.append(ImageSeries(uid, header_text(datasets[0], "PatientID"), tuple(files), tuple(datasets)))
     return series
 
 
@@ -167,6 +271,7 @@ def read_volume(series: ImageSeries) -> tuple[np.ndarray, dict[str, tuple[float,
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
+    reader.SetImageIO("GDCMImageIO")  # not chosen by ITK for files without the DICM preamble
     reader.SetFileNames([str(f) for f in series.files])
     image = reader.Execute()
     array = sitk.GetArrayFromImage(image)

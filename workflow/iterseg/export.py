@@ -50,10 +50,18 @@ def _grid_image(grid: Grid) -> object:
 
 
 def _candidates(reference: Path, modality: str | None) -> list[ImageSeries]:
+    unreadable: list[tuple[Path, str]] = []
     try:
-        found = find_image_series(reference, modality or IMAGE_MODALITIES)
+        found = find_image_series(reference, modality or IMAGE_MODALITIES, unreadable)
     except PredictionError as exc:
         raise SegExportError(f"{reference}: {exc}") from exc
+    if unreadable:  # a series read without it could lack a slice: the SEG would point at a gap
+        path, reason = unreadable[0]
+        more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
+        raise SegExportError(
+            f"{path}: truncated or corrupt DICOM ({reason}){more}; copy the series again from its source, "
+            "or remove the file from --reference."
+        )
     if not found:
         raise SegExportError(
             f"{reference}: no readable {modality or '/'.join(IMAGE_MODALITIES)} image series found; point "

@@ -11,10 +11,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from iterseg.skipped import SKIPPED_FILE, SKIPPED_PREDICTIONS_FILE, SkippedCase, read_skipped
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +112,24 @@ def decide(
     )
 
 
+def skipped_cases(assembled: Mapping[str, Any], predictions_folder: Path) -> list[SkippedCase]:
+    """The cases the iteration left out: conversion's, of every snapshot it trained on, then prediction's.
+
+    Parameters
+    ----------
+    assembled
+        The iteration's ``assembled.json``; its ``converted`` lists the snapshots' converted
+        folders (absent in records written before cases could be skipped: none then).
+    predictions_folder
+        The iteration's results folder, holding ``skipped_predictions.json``.
+
+    """
+    found = [
+        c for folder in assembled.get("converted", []) for c in read_skipped(Path(folder) / SKIPPED_FILE)
+    ]
+    return found + read_skipped(predictions_folder / SKIPPED_PREDICTIONS_FILE)
+
+
 def build_manifest(
     iteration: str,
     plan: dict[str, Any],
@@ -121,8 +142,12 @@ def build_manifest(
     config_sha256: str,
     roi_yaml: Path,
     parent: str | None,
+    skipped: Sequence[SkippedCase] = (),
 ) -> dict[str, Any]:
-    """Everything an iteration learned from and produced, except the promotion decision."""
+    """Everything an iteration learned from and produced, except the promotion decision.
+
+    ``skipped``: the cases conversion or prediction left out (see :func:`skipped_cases`).
+    """
     cases = [
         {
             "case_id": r["case_id"],
@@ -180,4 +205,5 @@ def build_manifest(
         ],
         "test_metrics": metrics or {},
         "predictions": predictions,
+        "skipped": [asdict(c) for c in skipped],
     }

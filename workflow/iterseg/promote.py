@@ -180,7 +180,8 @@ def status_table(results: Path) -> str:
     """A plain-text table of the finished iterations of one dataset, oldest first.
 
     Columns: cases trained on and held out, annotations new or refined since the previous
-    iteration, pairs converted (the rest reused), test Dice per label, and
+    iteration, pairs converted (the rest reused), cases skipped (conversion and prediction; "-"
+    for manifests from before cases could be skipped), test Dice per label, and
     whether the iteration was promoted and why.
     """
     current = current_latest(results)
@@ -200,6 +201,7 @@ def status_table(results: Path) -> str:
         "new",
         "refined",
         "converted",
+        "skipped",
         *[f"Dice {n}" for n in labels],
         "promoted",
     ]
@@ -218,6 +220,7 @@ def status_table(results: Path) -> str:
                 str(summary.get("new", "?")),
                 str(summary.get("refined", "?")),
                 f"{summary.get('converted', '?')}/{summary.get('converted', 0) + summary.get('reused', 0)}",
+                str(len(manifest["skipped"])) if "skipped" in manifest else "-",
                 *_dice_cells(manifest, labels),
                 verdict,
             ]
@@ -226,3 +229,31 @@ def status_table(results: Path) -> str:
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
     )
+
+
+def skipped_list(results: Path) -> str:
+    """The cases the finished iterations left out, one line each with the file and the fix.
+
+    A case conversion skipped in one snapshot stays out of every later iteration trained on
+    that snapshot; it is listed once, under the first iteration that left it out.
+
+    Returns
+    -------
+    str
+        Empty when no iteration skipped a case.
+
+    """
+    seen: set[tuple[str, ...]] = set()
+    lines = []
+    for date in finished_iterations(results):
+        path = results / date / MANIFEST_FILE
+        manifest = json.loads(path.read_text()) if path.is_file() else {}
+        for case in manifest.get("skipped", []):
+            key = tuple(str(case.get(k, "")) for k in ("stage", "where", "case", "file", "message"))
+            if key in seen:
+                continue
+            seen.add(key)
+            lines.append(f"  {date} {case.get('stage')} {case.get('case')}: {case.get('message')}")
+    if not lines:
+        return ""
+    return "skipped cases (left out; each line names the file at fault and the fix):\n" + "\n".join(lines)

@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 from collections.abc import Mapping, Sequence
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ def qc_iteration(
     """
     import SimpleITK as sitk
 
-    from iterseg.predict import discover_inbox
+    from iterseg.inbox import discover_inbox
     from iterseg.qc import qc_montage
     from iterseg.roi import load_roi_terms
 
@@ -115,20 +116,43 @@ def _mean(summary: Mapping[str, Any], label: str, key: str) -> float | None:
 
 
 def _write_table(
-    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], csv_path: Path, title: str
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    csv_path: Path,
+    title: str,
+    more: Sequence[tuple[str, Sequence[Mapping[str, Any]]]] = (),
 ) -> None:
-    """A table as CSV (to download) and as an HTML page of the same name (shown in the report)."""
+    """A table as CSV (to download) and as an HTML page of the same name (shown in the report).
+
+    ``more``: further (heading, rows) sections of the HTML page only, each shown when it has rows.
+    """
     import pandas as pd
+
+    def html(frame: pd.DataFrame) -> str:
+        return str(frame.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.3f}", border=0))
 
     frame = pd.DataFrame(list(rows), columns=list(columns))
     frame.to_csv(csv_path, index=False)
-    body = frame.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.3f}", border=0)
+    body = html(frame) + "".join(
+        f"<h3>{escape(heading)}</h3>{html(pd.DataFrame(list(extra)))}" for heading, extra in more if extra
+    )
     csv_path.with_suffix(".html").write_text(
         "<!doctype html><html><head><meta charset='utf-8'><style>"
         "body{font-family:sans-serif} table{border-collapse:collapse} "
         "td,th{padding:3px 8px;border-bottom:1px solid #ccc;text-align:right}"
         f"</style><title>{title}</title></head><body><h3>{title}</h3>{body}</body></html>\n"
     )
+
+
+def _skipped_rows(date: str, manifest: Mapping[str, Any], seen: set[tuple[str, ...]]) -> list[dict[str, Any]]:
+    """The cases an iteration skipped that no earlier iteration listed (conversion skips recur)."""
+    rows = []
+    for case in manifest.get("skipped", []):
+        key = tuple(str(case.get(k, "")) for k in ("stage", "where", "case", "file", "message"))
+        if key not in seen:
+            seen.add(key)
+            rows.append({"iteration": date, **{k: case.get(k, "") for k in ("stage", "case", "message")}})
+    return rows
 
 
 def dataset_report(results: Path, iterations: Sequence[str], out: Path) -> list[Path]:
@@ -150,6 +174,8 @@ def dataset_report(results: Path, iterations: Sequence[str], out: Path) -> list[
         shutil.rmtree(out)
     (out / "training").mkdir(parents=True)
     points, efforts, table, effort_table = [], [], [], []
+    skipped: list[dict[str, Any]] = []
+    seen: set[tuple[str, ...]] = set()
     written: list[Path] = []
     for date in iterations:
         manifest = json.loads((results / date / "manifest.json").read_text())
@@ -176,9 +202,11 @@ def dataset_report(results: Path, iterations: Sequence[str], out: Path) -> list[
         }
         for name in names:
             row[f"dice_{name}"] = _mean(summary, name, "dice_mean")
+        row["skipped"] = len(manifest["skipped"]) if "skipped" in manifest else None
         row["promoted"] = promoted
         row["reason"] = manifest.get("promotion", {}).get("reason", "")
         table.append(row)
+        skipped += _skipped_rows(date, manifest, seen)
         effort_file = results / date / "annotation_effort.json"
         if effort_file.is_file():
             effort = json.loads(effort_file.read_text())["summary"]
@@ -228,7 +256,11 @@ def dataset_report(results: Path, iterations: Sequence[str], out: Path) -> list[
     )
     written.append(effort_curves(efforts, out / "annotation_effort.png", title=f"{name}: annotation effort"))
     _write_table(
-        table, list(table[0]) if table else ["iteration"], out / "iterations.csv", f"{name}: iterations"
+        table,
+        list(table[0]) if table else ["iteration"],
+        out / "iterations.csv",
+        f"{name}: iterations",
+        [("Skipped cases (left out by conversion or prediction; each names the file and the fix)", skipped)],
     )
     _write_table(
         effort_table,

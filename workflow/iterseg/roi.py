@@ -83,6 +83,19 @@ def match_roi_name(name: str, labels: dict[str, list[str]]) -> str | None:
     return None
 
 
+def matching_labels(name: str, labels: dict[str, list[str]]) -> list[str]:
+    """Every label whose regexes match ``name`` in full (ignoring case), in ROI YAML order.
+
+    More than one means the ROI YAML is ambiguous for this name: drawing it into the first (as
+    med-imagetools would) silently trains the other label without it.
+    """
+    return [
+        label
+        for label, patterns in labels.items()
+        if any(re.fullmatch(p, name, flags=re.IGNORECASE) for p in patterns)
+    ]
+
+
 def label_values(labels: dict[str, list[str]]) -> dict[str, int]:
     """nnU-Net's ``labels`` mapping for dataset.json: background 0, then file order."""
     return {"background": 0, **{name: i for i, name in enumerate(labels, start=1)}}
@@ -97,7 +110,7 @@ def _code(path: Path, name: str, key: str, data: Any) -> Code:
     return Code(str(data["value"]), str(data["scheme"]), str(data["meaning"]))
 
 
-def load_roi_terms(path: Path) -> dict[str, Terminology]:
+def load_roi_terms(path: Path, warn: bool = True) -> dict[str, Terminology]:
     """Coded description and colour of every label: the ROI YAML's own, else the built-in table.
 
     Labels the table does not know get a generic code; each is reported once (warning) with the
@@ -123,7 +136,7 @@ def load_roi_terms(path: Path) -> dict[str, Terminology]:
             ):
                 raise ConfigError(f"{path}: label {name!r}: colour must be [r, g, b] with values 0-255.")
             term = Terminology(term.category, term.type, (colour[0], colour[1], colour[2]), term.known)
-        if not term.known:
+        if not term.known and warn:
             logger.warning(
                 "%s: label %r has no built-in SNOMED CT code; the SEG uses the generic %s. Add "
                 "code: {value, scheme, meaning} under it in the ROI YAML to code it.",

@@ -121,7 +121,7 @@ def read_rtstruct(
     ------
     ConversionError
         When contours reference image instances absent from the series (named, with their
-        count), or lie off its slice planes.
+        count), lie off its slice planes, or a label's ROI has open (OPEN_PLANAR, POINT) contours.
 
     """
     rt = read_dataset(rt_path)
@@ -139,16 +139,18 @@ def read_rtstruct(
         if number not in label_of:
             continue
         per_slice: dict[int, list[np.ndarray]] = defaultdict(list)
-        for contour in getattr(roi, "ContourSequence", []):
-            kind = str(getattr(contour, "ContourGeometricType", "CLOSED_PLANAR"))
-            if kind != "CLOSED_PLANAR":
-                logger.warning(
-                    "%s: ROI %s has a %s contour, which encloses no area; it is not converted",
-                    rt_path,
-                    roi_names[number],
-                    kind,
-                )
-                continue
+        contours = list(getattr(roi, "ContourSequence", []))
+        kinds = [str(getattr(c, "ContourGeometricType", "CLOSED_PLANAR")) for c in contours]
+        open_kinds = sorted({k for k in kinds if k != "CLOSED_PLANAR"})
+        if open_kinds:
+            # dropping them would train the label with holes where those lines were drawn
+            raise ConversionError(
+                f"{rt_path}: ROI {roi_names[number]} (label {label_of[number]}) has "
+                f"{sum(k != 'CLOSED_PLANAR' for k in kinds)} {'/'.join(open_kinds)} contour(s), which "
+                "enclose no area; close them in the planning system (CLOSED_PLANAR) and export again, "
+                "or leave the ROI out of the ROI YAML."
+            )
+        for contour in contours:
             points = contour_points(contour)
             index = grid.to_index(points)
             k = grid.slice_of_plane(

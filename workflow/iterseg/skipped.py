@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from iterseg.layout import iteration_dir
+
+if TYPE_CHECKING:
+    from iterseg.snapshots import Snapshot
 
 logger = logging.getLogger(__name__)
 
-SKIPPED_FILE = "skipped.json"
+SKIPPED_FILE = "skipped.json"  # conversion's, in procdata/<dataset>/<date>__<dataset>/converted/
+# prediction's, in results/<dataset>/<date>/ beside predictions.json; its own name there, because
+# the results folder gathers every step's outputs and the manifest lists both kinds
+SKIPPED_PREDICTIONS_FILE = "skipped_predictions.json"
 
 
 class BadCasePolicy(StrEnum):
@@ -59,7 +69,70 @@ def read_skipped(path: Path) -> list[SkippedCase]:
     return [SkippedCase(**c) for c in json.loads(path.read_text())]
 
 
-def warn_skipped(cases: list[SkippedCase], what: str) -> None:
-    """Log one warning line per skipped case of ``what`` (a step or an iteration)."""
+def warn_skipped(cases: Sequence[SkippedCase], what: str, log: logging.Logger | None = None) -> None:
+    """Log one warning line per skipped case of ``what`` (a step or an iteration).
+
+    The line is formatted here: Snakemake's handlers print a record's message without its
+    arguments, and ``log`` may be Snakemake's logger.
+    """
     for case in cases:
-        logger.warning("%s: %s skipped %s: %s", what, case.stage, case.case, case.message)
+        (log or logger).warning(f"{what}: {case.stage} skipped {case.case}: {case.message}")
+
+
+def iteration_skipped(
+    procdata: Path, results: Path, dataset: str, date: str
+) -> tuple[list[SkippedCase], list[SkippedCase]]:
+    """The cases conversion left out of the snapshot of ``date``, and those its prediction left out.
+
+    Parameters
+    ----------
+    procdata, results
+        ``data/procdata`` and ``data/results``.
+    dataset, date
+        The iteration.
+
+    """
+    converted = iteration_dir(procdata, dataset, date) / "converted" / SKIPPED_FILE
+    return read_skipped(converted), read_skipped(results / dataset / date / SKIPPED_PREDICTIONS_FILE)
+
+
+def warn_run(
+    snapshots: Mapping[str, Sequence[Snapshot]],
+    log: logging.Logger | None = None,
+    procdata: Path = Path("data/procdata"),
+    results: Path = Path("data/results"),
+) -> int:
+    """Log one warning per case any iteration of the run left out; nothing when none was.
+
+    The Snakefile's ``onsuccess`` and ``onerror`` handlers call this, so a skipped case is seen
+    on the terminal at the end of the run and not only in a rule log.
+
+    Parameters
+    ----------
+    snapshots
+        Dataset -> its snapshots (one iteration each), as the workflow found them.
+    log
+        Where to log (Snakemake's logger from the Snakefile); default this module's.
+    procdata, results
+        ``data/procdata`` and ``data/results`` (relative to the workflow's directory).
+
+    Returns
+    -------
+    int
+        The number of lines logged.
+
+    """
+    count = 0
+    for dataset, snaps in snapshots.items():
+        for snap in snaps:
+            try:
+                converted, predicted = iteration_skipped(procdata, results, dataset, snap.date)
+            except (OSError, ValueError, TypeError) as exc:  # a hand-edited or truncated list
+                (log or logger).warning(
+                    f"{dataset} {snap.date}: cannot read its list of skipped cases ({exc})"
+                )
+                continue
+            for cases in (converted, predicted):
+                warn_skipped(cases, f"{dataset} {snap.date}", log)
+                count += len(cases)
+    return count

@@ -77,6 +77,11 @@ def discover_snapshots(rawdata: Path, dataset: str, inbox: str = "inbox") -> lis
     for child in sorted(root.iterdir()):
         if child.name.startswith(".") or child.name == inbox or not child.is_dir():
             continue
+        if child.name != child.name.strip():
+            raise SnapshotError(
+                f"{child}: the folder name {child.name!r} starts or ends with a space; rename it to "
+                f"{child.name.strip()!r}."
+            )
         match = SNAPSHOT_NAME.match(child.name)
         if not match:
             raise SnapshotError(

@@ -12,17 +12,22 @@ from snakemake.logging import logger
 
 import json
 
-from iterseg.config import load_settings
+from iterseg.config import check_roi_yamls, load_settings
 from iterseg.errors import IterSegError
 from iterseg.gpus import detect_gpus
+from iterseg.skipped import warn_run  # the Snakefile's onsuccess/onerror: skipped cases on the terminal
+from iterseg.snapshot_state import check_converted_snapshots
 from iterseg.snapshots import discover_snapshots, nnunet_dataset_name
 
 try:
     SETTINGS = load_settings(config)
+    check_roi_yamls(SETTINGS)
     SNAPSHOTS = {
         name: discover_snapshots(SETTINGS.rawdata, name, SETTINGS.inbox)
         for name in SETTINGS.datasets
     }
+    # Snakemake cannot see an edit inside a converted snapshot (mtime kept): compare its record.
+    check_converted_snapshots([s for snaps in SNAPSHOTS.values() for s in snaps], Path("data/procdata"))
 except IterSegError as exc:
     raise WorkflowError(str(exc)) from None
 
@@ -248,11 +253,25 @@ def previous_iteration(wildcards):
 
 
 def earlier_predictions(wildcards):
-    """Every earlier iteration's inbox predictions: the seeds of this iteration's new annotations."""
+    """Every earlier iteration's predict record: its inbox predictions seed this iteration's new annotations."""
+    snap = _snapshot(wildcards)
+    return [
+        f"data/procdata/{s.dataset}/{s.folder_name}/predicted.json" for s in SNAPSHOTS[wildcards.dataset][: snap.index]
+    ]
+
+
+def earlier_predictions_json(wildcards):
+    """The predictions.json those records name (published in the results folders; paths relative to them)."""
     snap = _snapshot(wildcards)
     return [
         f"data/results/{s.dataset}/{s.date}/predictions.json" for s in SNAPSHOTS[wildcards.dataset][: snap.index]
     ]
+
+
+def predictions_json(wildcards):
+    """The iteration's published predictions; rules depend on predict_inbox's record in procdata instead,
+    which Snakemake may delete on a forced re-run without leaving `latest` incomplete."""
+    return f"data/results/{wildcards.dataset}/{wildcards.date}/predictions.json"
 
 
 def inbox_dir(wildcards):
@@ -262,6 +281,15 @@ def inbox_dir(wildcards):
 def all_iterations(wildcards):
     return [
         f"data/results/{snap.dataset}/{snap.date}/iteration.json"
+        for snaps in SNAPSHOTS.values()
+        for snap in snaps
+    ]
+
+
+def all_assembled(wildcards):
+    """Every iteration's assembled nnU-Net raw dataset: the end of conversion."""
+    return [
+        f"data/procdata/{snap.dataset}/{snap.folder_name}/assembled.json"
         for snaps in SNAPSHOTS.values()
         for snap in snaps
     ]

@@ -23,12 +23,13 @@ rule convert_snapshot:
         strategy=mask_saving_strategy,
         unrefined=unrefined_arg,
         duplicates=duplicate_rule,
+        on_bad_case=ON_BAD_CASE,
     shell:
         "iterseg --log {log:q} convert --snapshot {input.snapshot:q} --out {params.out:q}"
         " --roi-yaml {input.roi:q} --modality {params.modality:q}"
         " --mask-saving-strategy {params.strategy:q} {params.unrefined}"
         " --duplicate-annotations {params.duplicates:q} --reuse-from {input.earlier:q}"
-        " --jobs {threads}"
+        " --on-bad-case {params.on_bad_case:q} --jobs {threads}"
 
 
 rule convert_assemble:
@@ -58,3 +59,11 @@ rule convert_assemble:
         " --converted {params.converted:q} --roi-yaml {input.roi:q}"
         " --modality {params.modality:q} --missing-roi {params.missing_roi:q}"
         " {params.test_set} {params.previous} --output {output.record:q}"
+
+
+# Stop after conversion: `snakemake convert_all`. (`--until convert_assemble` cannot: every
+# iteration's assembly needs the first one's frozen test set, and Snakemake's --until stops at
+# the first assembly job it reaches, then reports "BUG: Out of jobs ready to be started".)
+rule convert_all:
+    input:
+        all_assembled,

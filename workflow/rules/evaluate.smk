@@ -36,7 +36,7 @@ rule evaluate_test:
 rule evaluate_effort:
     input:
         assembled="data/procdata/{dataset}/{date}__{dataset}/assembled.json",
-        predictions=earlier_predictions,
+        predicted=earlier_predictions,
     output:
         json="data/results/{dataset}/{date}/annotation_effort.json",
         csv=report(
@@ -53,6 +53,7 @@ rule evaluate_effort:
         runtime=30,
     params:
         tolerance=nsd_tolerance,
+        predictions=earlier_predictions_json,
     shell:
-        "iterseg --log {log:q} effort --assembled {input.assembled:q} --predictions {input.predictions:q}"
+        "iterseg --log {log:q} effort --assembled {input.assembled:q} --predictions {params.predictions:q}"
         " --nsd-tolerance-mm {params.tolerance:q} --out-json {output.json:q} --out-csv {output.csv:q}"

@@ -6,7 +6,7 @@
 
 rule report_qc:
     input:
-        predictions="data/results/{dataset}/{date}/predictions.json",
+        predicted="data/procdata/{dataset}/{date}__{dataset}/predicted.json",
         metrics="data/results/{dataset}/{date}/test_metrics.json",
         assembled="data/procdata/{dataset}/{date}__{dataset}/assembled.json",
         roi=roi_yaml,
@@ -35,7 +35,7 @@ rule report_qc:
 
 rule report_worklist:
     input:
-        predictions="data/results/{dataset}/{date}/predictions.json",
+        predicted="data/procdata/{dataset}/{date}__{dataset}/predicted.json",
         assembled="data/procdata/{dataset}/{date}__{dataset}/assembled.json",
     output:
         csv=report(
@@ -50,8 +50,10 @@ rule report_worklist:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        predictions=predictions_json,
     shell:
-        "iterseg --log {log:q} worklist --predictions {input.predictions:q} --assembled {input.assembled:q}"
+        "iterseg --log {log:q} worklist --predictions {params.predictions:q} --assembled {input.assembled:q}"
         " --out {output.csv:q}"
 
 

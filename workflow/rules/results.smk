@@ -7,7 +7,7 @@ rule results_promote:
         plan="data/procdata/{dataset}/{date}__{dataset}/planned.json",
         assembled="data/procdata/{dataset}/{date}__{dataset}/assembled.json",
         folds=fold_records,
-        predictions="data/results/{dataset}/{date}/predictions.json",
+        predicted="data/procdata/{dataset}/{date}__{dataset}/predicted.json",
         metrics="data/results/{dataset}/{date}/test_metrics.json",
         effort="data/results/{dataset}/{date}/annotation_effort.json",
         roi=roi_yaml,
@@ -25,10 +25,11 @@ rule results_promote:
         config=config_json,
         max_drop=MAX_DICE_DROP,
         previous=previous_iteration_arg,
+        predictions=predictions_json,
     shell:
         "iterseg --log {log:q} promote --results {params.results:q} --iteration {wildcards.date:q}"
         " --plan-record {input.plan:q} --assembled {input.assembled:q}"
         " --fold-records {input.folds:q}"
-        " --predictions {input.predictions:q} --test-metrics {input.metrics:q} --effort {input.effort:q}"
+        " --predictions {params.predictions:q} --test-metrics {input.metrics:q} --effort {input.effort:q}"
         " --roi-yaml {input.roi:q} --config-json {params.config:q} --max-dice-drop {params.max_drop:q}"
         " {params.previous} --output {output.summary:q}"
