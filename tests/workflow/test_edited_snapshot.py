@@ -98,3 +98,23 @@ def test_edit_in_converted_snapshot_is_refused_until_reconverted(tmp_path: Path,
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert converts(again) == {FIRST, SECOND}  # that iteration and, by mtime, every later one
     assert tree_digest(raw) == as_edited  # nothing of the workflow wrote into rawdata
+
+
+def test_convert_all_stops_after_conversion_where_until_cannot(tmp_path: Path, demo_rawdata: Path) -> None:
+    """Two snapshots: every assembly needs the first one's test set, which --until cannot schedule."""
+    project = tmp_path / "project"
+    shutil.copytree(REPO / "config", project / "config")
+    shutil.copytree(demo_rawdata, project / "data/rawdata/demo")
+    base = [
+        str(BIN / "snakemake"), "-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(project),
+        "--configfile", str(project / "config/demo.yaml"),
+    ]  # fmt: skip
+    until = run(project, *base, "--until", "convert_assemble")
+    assert until.returncode != 0 and "Out of jobs ready to be started" in until.stdout + until.stderr
+    target = run(project, base[0], "convert_all", *base[1:])  # --configfile takes every argument after it
+    assert target.returncode == 0, target.stdout[-3000:] + target.stderr[-3000:]
+    scheduled = {
+        line.split()[1].rstrip(":") for line in target.stdout.splitlines() if line.startswith("rule ")
+    }
+    assert scheduled == {"convert_all", "convert_assemble", "convert_snapshot"}, target.stdout[-2000:]
+    assert converts(target) == {FIRST, SECOND}
