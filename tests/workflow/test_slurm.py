@@ -23,6 +23,7 @@ from slurm_project import (
     client_env,
     copy_project,
     scontrol_jobs,
+    set_folds,
     site_profile,
     snakemake_command,
     train_on_slurm,
@@ -45,12 +46,11 @@ def test_each_fold_is_one_gpu_job_on_slurm(
     cluster: slurm_cluster.LocalSlurm, planned_demo: Path, tmp_path: Path
 ) -> None:
     project = copy_project(planned_demo, tmp_path / "project")
-    profile = site_profile(project, "squeue")  # the profile as shipped: no accounting needed
+    profile = site_profile(project, "squeue")  # the shipped status command: no accounting needed
     env = client_env(cluster.env)
     assert subprocess.run(["sacct"], env=env, capture_output=True, check=False).returncode != 0
-    run = train_on_slurm(
-        project, env, profile, f"{FIRST}/trained/fold_0.json", f"{FIRST}/trained/fold_1.json"
-    )
+    targets = (f"{FIRST}/trained/fold_0.json", f"{FIRST}/trained/fold_1.json")
+    run = train_on_slurm(project, env, profile, *targets, threads=1)  # the two folds side by side
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-5000:]
     jobs = scontrol_jobs(cluster.env)
     train_jobs = [j for j in jobs if j.get("Comment", "").startswith("rule_train_fold")]
@@ -72,6 +72,9 @@ def test_a_failed_fold_job_names_its_slurm_log_and_the_rerun_continues_it(
     cluster: slurm_cluster.LocalSlurm, planned_demo: Path, tmp_path: Path
 ) -> None:
     project = copy_project(planned_demo, tmp_path / "project")
+    # nnU-Net saves checkpoint_latest after each epoch but the last: two epochs leave one to
+    # resume from, and one epoch to continue
+    set_folds(project, epochs=2)
     profile = site_profile(project, "squeue")
     env = client_env(cluster.env)
     target = f"{FIRST}/trained/fold_0.json"
@@ -82,7 +85,7 @@ def test_a_failed_fold_job_names_its_slurm_log_and_the_rerun_continues_it(
     output = tmp_path / "first.out"
     with output.open("w") as out:
         controller = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=project)
-        # the demo trainer saves a checkpoint every epoch: cancel the job once there is one
+        # the demo trainer saves a checkpoint every epoch: cancel the job once epoch 0's is there
         deadline = time.monotonic() + 600
         while not list((project / FIRST / "nnUNet_results").glob("*/*/fold_0/checkpoint_latest.pth")):
             assert time.monotonic() < deadline and controller.poll() is None, output.read_text()[-3000:]

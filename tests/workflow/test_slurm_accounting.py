@@ -56,9 +56,8 @@ def test_each_fold_is_one_gpu_job_with_sacct_status(
     project = copy_project(planned_demo, tmp_path / "project")
     profile = site_profile(project, "sacct")  # a site with accounting may switch to sacct
     env = client_env(cluster.env)
-    run = train_on_slurm(
-        project, env, profile, f"{FIRST}/trained/fold_0.json", f"{FIRST}/trained/fold_1.json"
-    )
+    targets = (f"{FIRST}/trained/fold_0.json", f"{FIRST}/trained/fold_1.json")
+    run = train_on_slurm(project, env, profile, *targets, threads=1)  # the two folds side by side
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-5000:]
     train_jobs = [
         j["JobId"] for j in scontrol_jobs(cluster.env) if j.get("Comment", "").startswith("rule_train_fold")
