@@ -40,8 +40,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from iterseg.snapshot_state import SNAPSHOT_RECORD, check_converted_snapshots, converted_dir, record_snapshot
-from iterseg.snapshots import Snapshot, discover_snapshots
+from iterseg.rawdata.discovery import Snapshot, discover_snapshots
+from iterseg.rawdata.fingerprint import (
+    SNAPSHOT_RECORD,
+    check_converted_snapshots,
+    converted_dir,
+    record_snapshot,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

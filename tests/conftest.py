@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def demo_rawdata(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``<tmp>/rawdata/demo`` written once per session by the real demo generator."""
-    from iterseg.demo import write_demo_dataset
+    from iterseg.rawdata.demo import write_demo_dataset
 
     root = tmp_path_factory.mktemp("rawdata") / "demo"
     write_demo_dataset(root)

@@ -536,7 +536,7 @@ def empty_charset(snapshot: Path) -> Made:
 
 def unrefined_prediction(snapshot: Path) -> Made:
     """Our own exported SEG, dropped back into the snapshot without editing."""
-    from iterseg.seg_export import export_seg
+    from iterseg.dicom.seg_writer import export_seg
 
     folder = snapshot / "unrefined-prediction"
     series = rd.write_series(rd.planned_slices(folder.name, N_SLICES), folder / "CT")

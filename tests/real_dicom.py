@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from iterseg.demo import image_reference, referenced_frame_of_reference, run_itkimage2segimage
+from iterseg.rawdata.demo import image_reference, referenced_frame_of_reference, run_itkimage2segimage
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence

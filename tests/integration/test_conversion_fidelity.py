@@ -11,10 +11,10 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from conftest import REPO
-from iterseg.convert import convert_snapshot
-from iterseg.convert_check import check_case
-from iterseg.demo import annotated, make_phantom, phantom_arrays
+from iterseg.convert.check import check_case
+from iterseg.convert.snapshot import convert_snapshot
 from iterseg.errors import ConversionError
+from iterseg.rawdata.demo import annotated, make_phantom, phantom_arrays
 from iterseg.roi import load_roi_yaml
 
 pytestmark = pytest.mark.integration

@@ -7,11 +7,18 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from conftest import REPO, tree_digest
-from iterseg.annotations import DuplicateRule
-from iterseg.assemble import HoldoutSpec, MissingRoiPolicy, assemble_dataset
-from iterseg.convert import convert_snapshot, read_cases
-from iterseg.demo import SegmentLabel, annotated, make_phantom, phantom_arrays, write_ct_series, write_seg
+from iterseg.convert.annotations import DuplicateRule
+from iterseg.convert.assemble import HoldoutSpec, MissingRoiPolicy, assemble_dataset
+from iterseg.convert.snapshot import convert_snapshot, read_cases
 from iterseg.errors import ConversionError, SnapshotError
+from iterseg.rawdata.demo import (
+    SegmentLabel,
+    annotated,
+    make_phantom,
+    phantom_arrays,
+    write_ct_series,
+    write_seg,
+)
 from iterseg.skipped import BadCasePolicy, read_skipped
 
 pytestmark = pytest.mark.integration
@@ -241,7 +248,7 @@ def test_hostile_archive_is_refused_and_nothing_is_written_outside(tmp_path: Pat
     import io
     import tarfile
 
-    from iterseg.archives import extract_archive
+    from iterseg.rawdata.archives import extract_archive
 
     archive = tmp_path / "evil.tar"
     with tarfile.open(archive, "w") as tar:

@@ -3,10 +3,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from iterseg.demo import SLICE_THICKNESS, make_phantom, phantom_arrays, stored_values, write_ct_series
-from iterseg.dicom_series import find_image_series, read_volume, sort_by_position
+from iterseg.dicom.seg_writer import export_seg
+from iterseg.dicom.series import find_image_series, read_volume, sort_by_position
 from iterseg.errors import PredictionError
-from iterseg.seg_export import export_seg
+from iterseg.rawdata.demo import SLICE_THICKNESS, make_phantom, phantom_arrays, stored_values, write_ct_series
 from seg_checks import frame_positions_on_source_slices, referenced_series, seg_label_map
 
 pytestmark = pytest.mark.integration

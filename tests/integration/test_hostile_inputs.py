@@ -302,7 +302,7 @@ def _start_in_process(project: Path) -> tuple[int, str]:
     """What common.smk does at start-up: validate the config, discover every dataset's snapshots."""
     from iterseg.config import load_settings
     from iterseg.errors import IterSegError
-    from iterseg.snapshots import discover_snapshots
+    from iterseg.rawdata.discovery import discover_snapshots
 
     config = yaml.safe_load((project / hc.STARTUP_CONFIG).read_text())
     config["rawdata"] = str(project / RAWDATA)

@@ -16,9 +16,9 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from iterseg import predict
 from iterseg.cli import main
 from iterseg.errors import PredictionError
+from iterseg.nnunet import predict
 from iterseg.skipped import SKIPPED_PREDICTIONS_FILE, BadCasePolicy, read_skipped
 from real_dicom import planned_slices, write_series
 

@@ -22,7 +22,7 @@ import pytest
 import real_dicom as rd
 import SimpleITK as sitk
 from conftest import tree_digest
-from iterseg.convert import convert_snapshot
+from iterseg.convert.snapshot import convert_snapshot
 from iterseg.errors import ConversionError, SnapshotError
 from iterseg.skipped import BadCasePolicy, read_skipped
 
@@ -334,7 +334,7 @@ def test_the_corpus_files_are_what_real_exports_look_like(tmp_path: Path) -> Non
 
 def test_check_cannot_miss_a_filled_three_pixel_hole(tmp_path: Path) -> None:
     """The conversion check compares RTSTRUCT holes exactly where no contour line passes a pixel."""
-    from iterseg.convert_check import check_case
+    from iterseg.convert.check import check_case
     from iterseg.roi import load_roi_yaml
 
     built = rd.rtstruct_holes(tmp_path / "RING01")
@@ -374,7 +374,7 @@ def test_check_cannot_miss_a_filled_three_pixel_hole(tmp_path: Path) -> None:
 
 def test_empty_charset_ct_label_exports_back_to_a_seg(tmp_path: Path) -> None:
     """The converted label map of a CT with an empty (0008,0005) goes back out as a readable SEG."""
-    from iterseg.export import export_label_image
+    from iterseg.dicom.label_export import export_label_image
 
     rawdata, snapshot = build_snapshot(tmp_path)
     built = rd.empty_charset_ct(snapshot / "CHARSET01")

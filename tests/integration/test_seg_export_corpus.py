@@ -11,10 +11,10 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from geometry_corpus import SeriesSpec, label_volume, write_series
-from iterseg.dicom_series import find_image_series
+from iterseg.dicom.geometry import series_grid
+from iterseg.dicom.label_export import _grid_image, export_label_image
+from iterseg.dicom.series import find_image_series
 from iterseg.errors import SegExportError
-from iterseg.export import _grid_image, export_label_image
-from iterseg.series_geometry import series_grid
 from seg_checks import seg_label_map
 
 pytestmark = pytest.mark.integration
@@ -266,7 +266,7 @@ def test_labelmap_type_round_trips(tmp_path: Path) -> None:
     labels_file = tmp_path / "labels.nii.gz"
     _labels_as_a_viewer_saves_them(tmp_path / "series", spec.series_uid, labels_file)
     seg = tmp_path / "seg.dcm"
-    from iterseg.seg_export import SegType
+    from iterseg.dicom.seg_writer import SegType
 
     export_label_image(tmp_path / "series", labels_file, _roi(tmp_path), seg, seg_type=SegType.LABELMAP)
     assert pydicom.dcmread(seg, stop_before_pixels=True).SegmentationType == "LABELMAP"

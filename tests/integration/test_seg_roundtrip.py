@@ -19,10 +19,10 @@ import pytest
 import real_dicom as rd
 import SimpleITK as sitk
 from conftest import tree_digest
-from iterseg.convert import convert_snapshot
-from iterseg.dicom_series import sort_by_position
+from iterseg.convert.snapshot import convert_snapshot
+from iterseg.dicom.seg_writer import SegType, export_seg
+from iterseg.dicom.series import sort_by_position
 from iterseg.errors import ConversionError, SnapshotError
-from iterseg.seg_export import SegType, export_seg
 
 pytestmark = pytest.mark.integration
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO, tree_digest
-from iterseg.convert import convert_snapshot
-from iterseg.demo import make_phantom, phantom_arrays, write_ct_series
-from iterseg.dicom_series import find_image_series
+from iterseg.convert.snapshot import convert_snapshot
+from iterseg.dicom.seg_writer import export_seg
+from iterseg.dicom.series import find_image_series
 from iterseg.errors import SnapshotError
-from iterseg.seg_export import export_seg
+from iterseg.rawdata.demo import make_phantom, phantom_arrays, write_ct_series
 
 pytestmark = pytest.mark.integration
 ROI = REPO / "config" / "roi_demo.yaml"

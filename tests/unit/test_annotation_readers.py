@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from iterseg.dicom.canvas import LabelCanvas, MaskStrategy, SliceGrid
+from iterseg.dicom.geometry import Grid
+from iterseg.dicom.rtstruct_reader import fill_even_odd
+from iterseg.dicom.seg_reader import _frames
+from iterseg.dicom.seg_writer import character_set
 from iterseg.errors import GeometryError
-from iterseg.label_grid import LabelCanvas, MaskStrategy, SliceGrid
-from iterseg.rtstruct_raster import fill_even_odd
-from iterseg.seg_export import character_set
-from iterseg.seg_read import _frames
-from iterseg.series_geometry import Grid
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 

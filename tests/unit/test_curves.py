@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
-from iterseg.curves import (
+from iterseg.report.curves import (
     TRAINING_LOG_KEYS,
     EffortPoint,
     IterationPoint,

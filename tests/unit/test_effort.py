@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from iterseg.effort import case_effort, hd95, iteration_effort, summarise_effort
 from iterseg.errors import ConversionError
+from iterseg.evaluate.effort import case_effort, hd95, iteration_effort, summarise_effort
 
 pytestmark = pytest.mark.unit
 

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+from iterseg.cluster.gpus import claim_gpu
 from iterseg.errors import TrainingError
-from iterseg.gpus import claim_gpu
 
 pytestmark = pytest.mark.unit
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from iterseg.errors import PredictionError
-from iterseg.inbox import discover_inbox, scan_inbox
+from iterseg.rawdata.inbox import discover_inbox, scan_inbox
 from real_dicom import planned_slices, write_series
 
 pytestmark = pytest.mark.unit

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from iterseg.evaluate import evaluate_test_set, write_json
-from iterseg.metrics import dice, score_case, summarise, surface_dice
+from iterseg.evaluate.metrics import dice, score_case, summarise, surface_dice
+from iterseg.evaluate.test_set import evaluate_test_set, write_json
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from iterseg.errors import PlanOverrideError, TrainingError
-from iterseg.plans_override import PlansOverrides, apply_plans_overrides, count_parameters
+from iterseg.nnunet.plans_override import PlansOverrides, apply_plans_overrides, count_parameters
 
 pytestmark = pytest.mark.unit
 
@@ -135,7 +135,7 @@ def test_each_override_lands_and_input_is_not_mutated(
     overrides = PlansOverrides(
         spacing=(5, 2.5, 2.5), patch_size=(16, 48, 48), features_per_stage=(8, 16, 32, 64, 64), batch_size=3
     )
-    with caplog.at_level(logging.INFO, logger="iterseg.plans_override"):
+    with caplog.at_level(logging.INFO, logger="iterseg.nnunet.plans_override"):
         new = apply_plans_overrides(plans, "3d_fullres", overrides, SOURCE)
     assert plans == before
     conf = new["configurations"]["3d_fullres"]
@@ -276,8 +276,7 @@ def test_count_parameters_says_when_nnunet_cannot_build(plans: dict[str, Any]) -
 def test_invalid_trainer_settings_fail_before_nnunet_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: dict[str, Any], expected: str
 ) -> None:
-    from iterseg import train
-
+    from iterseg.nnunet import train
     def _never(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("nnU-Net must not be configured for invalid settings")
 

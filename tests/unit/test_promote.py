@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 from iterseg.errors import PromotionError
-from iterseg.manifest import decide
-from iterseg.promote import current_latest, promote, rollback, settle, status_table
+from iterseg.release.manifest import decide
+from iterseg.release.promote import current_latest, promote, rollback, settle, status_table
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from iterseg.qc import qc_montage, window
+from iterseg.report.montage import qc_montage, window
 from PIL import Image
 
 pytestmark = pytest.mark.unit
@@ -140,7 +140,7 @@ def test_prediction_on_other_grid_is_resampled(
         0,
         sitk.sitkUInt8,
     )
-    with caplog.at_level(logging.WARNING, logger="iterseg.qc"):
+    with caplog.at_level(logging.WARNING, logger="iterseg.report.montage"):
         out = qc_montage(image, LABELS, coarse, tmp_path / "resampled.png", colours={"liver": RED})
     assert any("resampl" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
     assert count_colour(pixels(out), RED) > 100

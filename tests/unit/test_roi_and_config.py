@@ -135,7 +135,7 @@ def test_config_hash_ignores_key_order() -> None:
 
 
 def test_test_patients_by_fraction_are_reproducible_and_leave_training_cases() -> None:
-    from iterseg.assemble import HoldoutSpec, choose_test_patients
+    from iterseg.convert.assemble import HoldoutSpec, choose_test_patients
 
     patients = [f"P{n:03d}" for n in range(1, 21)]
     chosen = choose_test_patients(patients, HoldoutSpec(fraction=0.2, seed=1))
@@ -162,7 +162,7 @@ def test_test_patients_by_fraction_are_reproducible_and_leave_training_cases() -
     ],
 )
 def test_built_in_terminology_matches_whole_words(name: str, code: str) -> None:
-    from iterseg.dicom_codes import terminology
+    from iterseg.dicom.codes import terminology
 
     assert terminology(name).type.value == code
 

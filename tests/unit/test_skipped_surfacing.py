@@ -11,9 +11,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from iterseg import publish
-from iterseg.manifest import skipped_cases
-from iterseg.promote import skipped_list, status_table
+from iterseg.rawdata.discovery import Snapshot
+from iterseg.release import publish
+from iterseg.release.manifest import skipped_cases
+from iterseg.release.promote import skipped_list, status_table
 from iterseg.skipped import (
     SKIPPED_FILE,
     SKIPPED_PREDICTIONS_FILE,
@@ -23,7 +24,6 @@ from iterseg.skipped import (
     warn_run,
     write_skipped,
 )
-from iterseg.snapshots import Snapshot
 
 pytestmark = pytest.mark.unit
 
@@ -124,7 +124,7 @@ def test_status_counts_and_lists_each_skipped_case_once(tmp_path: Path) -> None:
 
 
 def test_the_report_table_has_a_skipped_column_and_the_list(tmp_path: Path) -> None:
-    from iterseg.report import dataset_report
+    from iterseg.report.pages import dataset_report
 
     _manifest(tmp_path, "2026-01-01", [])
     _manifest(tmp_path, "2026-02-01", [BAD_CT, BAD_INBOX])

@@ -13,7 +13,8 @@ import pytest
 from conftest import tree_digest
 from iterseg.cli import main
 from iterseg.errors import SnapshotError
-from iterseg.snapshot_state import (
+from iterseg.rawdata.discovery import Snapshot, discover_snapshots
+from iterseg.rawdata.fingerprint import (
     SNAPSHOT_RECORD,
     FileChange,
     changed_files,
@@ -22,7 +23,6 @@ from iterseg.snapshot_state import (
     forget_conversion,
     record_snapshot,
 )
-from iterseg.snapshots import Snapshot, discover_snapshots
 
 pytestmark = pytest.mark.unit
 

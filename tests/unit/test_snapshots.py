@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 from iterseg.errors import SnapshotError
-from iterseg.snapshots import discover_snapshots, nnunet_dataset_name
+from iterseg.rawdata.discovery import discover_snapshots, nnunet_dataset_name
 
 pytestmark = pytest.mark.unit
 

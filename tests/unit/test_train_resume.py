@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from iterseg.train import ATTEMPT_FILE, attempt_key, resumable_checkpoint
+from iterseg.nnunet.train import ATTEMPT_FILE, attempt_key, resumable_checkpoint
 
 pytestmark = pytest.mark.unit
 

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 from iterseg.errors import PlanTransferError
-from iterseg.plan import _check_transferable
-from iterseg.train import check_checkpoint_compatible
+from iterseg.nnunet.plan import _check_transferable
+from iterseg.nnunet.train import check_checkpoint_compatible
 
 pytestmark = pytest.mark.unit
 

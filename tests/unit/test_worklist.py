@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from iterseg.worklist import fold_agreement, normalised_entropy, rank_cases, robust_z, write_worklist
+from iterseg.evaluate.worklist import fold_agreement, normalised_entropy, rank_cases, robust_z, write_worklist
 
 pytestmark = pytest.mark.unit
 

@@ -17,7 +17,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from conftest import REPO, tree_digest
-from iterseg.dicom_series import find_image_series
+from iterseg.dicom.series import find_image_series
 from seg_checks import frame_positions_on_source_slices, referenced_series, seg_label_map
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
@@ -465,8 +465,8 @@ def test_more_folds_than_gpus_all_train_never_two_on_one_gpu(demo_run: dict, tmp
     for fold in folds:
         assert Path(json.loads((tmp_path / f"fold_{fold}.json").read_text())["checkpoint"]).is_file()
         log = (tmp_path / f"fold_{fold}.log").read_text()
-        claimed = re.search(r"^(\S+) INFO +iterseg.gpus: claimed GPU (\d) ", log, re.M)
-        done = re.search(r"^(\S+) INFO +iterseg.train: fold \d: final checkpoint", log, re.M)
+        claimed = re.search(r"^(\S+) INFO +iterseg.cluster.gpus: claimed GPU (\d) ", log, re.M)
+        done = re.search(r"^(\S+) INFO +iterseg.nnunet.train: fold \d: final checkpoint", log, re.M)
         assert claimed and done, log[-2000:]
         spans.setdefault(claimed.group(2), []).append((claimed.group(1), done.group(1)))
         waited += "are busy; waiting" in log
@@ -495,7 +495,7 @@ def test_preprocessed_data_needs_no_unpacking(demo_run: dict) -> None:
 @pytest.fixture(scope="module")
 def third_run(demo_run: dict) -> dict:
     """A third snapshot: the second one again plus one new patient, under a gate it cannot pass."""
-    from iterseg.demo import annotated, make_phantom, phantom_arrays, write_ct_series, write_seg
+    from iterseg.rawdata.demo import annotated, make_phantom, phantom_arrays, write_ct_series, write_seg
 
     project = demo_run["project"]
     raw = project / "data/rawdata/demo"

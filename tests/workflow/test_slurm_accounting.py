@@ -74,7 +74,7 @@ def test_each_fold_is_one_gpu_job_with_sacct_status(
 def test_folds_trained_through_submitit_without_snakemake(
     cluster: slurm_cluster.LocalSlurm, planned_demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from iterseg.cluster import FoldTraining, SubmitError, submit_folds, wait_for_folds
+    from iterseg.cluster.slurm import FoldTraining, SubmitError, submit_folds, wait_for_folds
 
     project = copy_project(planned_demo, tmp_path / "project")
     for key, value in client_env(cluster.env).items():

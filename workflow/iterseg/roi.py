@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydicom.sr.coding import Code
 
-from iterseg.dicom_codes import Terminology, terminology
+from iterseg.dicom.codes import Terminology, terminology
 from iterseg.errors import ConfigError
 
 logger = logging.getLogger(__name__)

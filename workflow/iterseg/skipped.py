@@ -15,10 +15,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from iterseg.layout import iteration_dir
+from iterseg.paths import iteration_dir
 
 if TYPE_CHECKING:
-    from iterseg.snapshots import Snapshot
+    from iterseg.rawdata.discovery import Snapshot
 
 logger = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ import json
 
 from iterseg.config import check_roi_yamls, load_settings
 from iterseg.errors import IterSegError
-from iterseg.gpus import detect_gpus
+from iterseg.cluster.gpus import detect_gpus
 from iterseg.skipped import warn_run  # the Snakefile's onsuccess/onerror: skipped cases on the terminal
-from iterseg.snapshot_state import check_converted_snapshots
-from iterseg.snapshots import discover_snapshots, nnunet_dataset_name
+from iterseg.rawdata.fingerprint import check_converted_snapshots
+from iterseg.rawdata.discovery import discover_snapshots, nnunet_dataset_name
 
 try:
     SETTINGS = load_settings(config)
@@ -42,7 +42,7 @@ STEP_GPUS = 1 if NN.device == "cuda" else 0  # prediction and evaluation: one GP
 # cpu_training to 1; a cluster profile does not, each job has its own node's cores).
 CPU_TRAINING = 0 if NN.device == "cuda" else 1
 NUM_GPUS_ARG = f"--num-gpus {NN.gpus_per_fold}" if TRAIN_GPUS > 1 else ""
-# Jobs claim one of these GPUs each (iterseg.gpus); none (CPU, or a SLURM login node) -> no claim.
+# Jobs claim one of these GPUs each (iterseg.cluster.gpus); none (CPU, or a SLURM login node) -> no claim.
 GPUS = (NN.gpus if NN.gpus is not None else tuple(detect_gpus())) if NN.device == "cuda" else ()
 GPU_ARGS = (
     f"--gpus {' '.join(GPUS)} --gpu-lock-dir {shlex.quote(str(NN.gpu_lock_dir))}" if GPUS else ""

@@ -1,0 +1,305 @@
+"""An iteration's nnU-Net raw dataset: which annotation wins, the test set, partial labels.
+
+- The newest snapshot's annotation of an image series wins (cases are keyed by image series).
+- The test set is chosen once, at the first iteration, by patient; later iterations inherit
+  it, so its patients never reach a training split, while their newer annotations still
+  update the test labels.
+- A case lacking an ROI of the YAML follows ``missing_roi``: ``ignore`` turns its unlabelled
+  voxels into nnU-Net's ignore label (the missing structure may hide anywhere there), ``drop``
+  leaves it out of training, ``error`` stops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+from collections import Counter
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from iterseg.convert.snapshot import ConvertedCase, link_or_copy, read_cases
+from iterseg.errors import ConversionError
+from iterseg.roi import label_values, load_roi_yaml
+
+logger = logging.getLogger(__name__)
+
+IGNORE_LABEL = "ignore"  # nnU-Net's reserved name; it must carry the highest label value
+
+
+class MissingRoiPolicy(StrEnum):
+    """What a training case lacking some ROI of the YAML becomes."""
+
+    IGNORE = "ignore"
+    DROP = "drop"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class HoldoutSpec:
+    """How the first iteration chooses the held-out patients."""
+
+    fraction: float = 0.0
+    patients: tuple[str, ...] = ()
+    seed: int = 0
+
+
+def choose_test_patients(patients: list[str], spec: HoldoutSpec) -> list[str]:
+    """The held-out patients: the explicit list, else ``ceil(fraction * n)`` by a seeded hash.
+
+    At least one patient always stays for training. The hash order makes the choice independent
+    of folder order and reproducible from the seed.
+    """
+    if spec.patients:
+        return sorted(spec.patients)
+    if spec.fraction <= 0 or len(patients) < 2:
+        return []
+    count = min(len(patients) - 1, math.ceil(spec.fraction * len(patients)))
+    ranked = sorted(patients, key=lambda p: hashlib.sha256(f"{spec.seed}:{p}".encode()).hexdigest())
+    return sorted(ranked[:count])
+
+
+def _read_label(path: Path) -> tuple[Any, np.ndarray]:
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(path))
+    return image, sitk.GetArrayFromImage(image)
+
+
+def _write_with_ignore(src: Path, dst: Path, ignore_value: int) -> int:
+    """Copy a label map, unlabelled voxels set to the ignore value; return how many."""
+    import SimpleITK as sitk
+
+    image, array = _read_label(src)
+    background = array == 0
+    out = array.astype(np.uint8 if ignore_value < 256 else np.uint16)
+    out[background] = ignore_value
+    written = sitk.GetImageFromArray(out)
+    written.CopyInformation(image)
+    sitk.WriteImage(written, str(dst), useCompression=True)
+    return int(background.sum())
+
+
+def _choose(
+    converted_dirs: list[Path],
+) -> tuple[dict[str, tuple[Path, ConvertedCase]], dict[str, list[dict[str, Any]]]]:
+    """Newest annotation per image series, and what each superseded."""
+    chosen: dict[str, tuple[Path, ConvertedCase]] = {}
+    superseded: dict[str, list[dict[str, Any]]] = {}
+    for folder in converted_dirs:
+        for case in read_cases(folder):
+            if case.case_id in chosen:
+                old = chosen[case.case_id][1]
+                same = bool(case.annotation_hash) and old.annotation_hash == case.annotation_hash
+                superseded.setdefault(case.case_id, []).append(
+                    {
+                        "snapshot": old.snapshot,
+                        "annotation_kind": old.annotation_kind,
+                        "annotation_series_uid": old.annotation_series_uid,
+                        "annotation_hash": old.annotation_hash,
+                        "same_content": same,
+                    }
+                )
+                logger.info(
+                    "case %s (%s): annotation of snapshot %s replaces that of %s%s",
+                    case.case_id,
+                    case.patient_id,
+                    case.snapshot,
+                    old.snapshot,
+                    " (same content)" if same else "",
+                )
+            chosen[case.case_id] = (folder, case)
+    return chosen, superseded
+
+
+def _change(case: ConvertedCase, previous: dict[str, dict[str, Any]]) -> str:
+    """Whether the case is new, refined or unchanged relative to the previous iteration's choice."""
+    before = previous.get(case.case_id)
+    if before is None:
+        return "new"
+    return "unchanged" if before.get("annotation_hash") == case.annotation_hash else "refined"
+
+
+def assemble_dataset(
+    converted_dirs: list[Path],
+    raw_dataset: Path,
+    roi_yaml: Path,
+    modality: str,
+    missing_roi: MissingRoiPolicy = MissingRoiPolicy.IGNORE,
+    test_spec: HoldoutSpec | None = None,
+    frozen_test_set: dict[str, Any] | None = None,
+    previous: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build the nnU-Net raw dataset of one iteration and return its record.
+
+    Parameters
+    ----------
+    converted_dirs
+        ``converted`` folders in date order; for a case present in several, the newest
+        snapshot's annotation wins.
+    raw_dataset
+        ``nnUNet_raw/DatasetNNN_<name>``; replaced. Training cases go to imagesTr/labelsTr,
+        test cases to imagesTs/labelsTs (nnU-Net never plans, preprocesses or trains on those).
+    roi_yaml
+        Defines the labels of dataset.json.
+    modality
+        Channel name (CT or MR).
+    missing_roi
+        Policy for training cases lacking some ROI.
+    test_spec
+        First iteration: how to choose the test patients.
+    frozen_test_set
+        Later iterations: the ``test_set`` of the first iteration's record, kept as it is.
+    previous
+        The previous iteration's record, to tell new, refined and unchanged annotations apart.
+
+    Returns
+    -------
+    dict
+        The assembled record (written as the step's output by the CLI).
+
+    Raises
+    ------
+    ConversionError
+        With ``missing_roi: error``, naming every case and the ROIs it lacks; or when no
+        training case is left.
+
+    """
+    roi_labels = load_roi_yaml(roi_yaml)
+    labels: dict[str, int] = label_values(roi_labels)
+    chosen, superseded = _choose(converted_dirs)
+    if frozen_test_set is not None:
+        test_set = frozen_test_set
+    else:
+        spec = test_spec or HoldoutSpec()
+        patients = sorted({c.patient_id for _, c in chosen.values()})
+        test_set = {
+            "patients": choose_test_patients(patients, spec),
+            "chosen_at": raw_dataset.name,
+            "rule": f"explicit list {list(spec.patients)}"
+            if spec.patients
+            else f"fraction {spec.fraction} of {len(patients)} patients, seed {spec.seed}",
+        }
+    test_patients = set(test_set["patients"])
+    partial = [c for _, c in chosen.values() if c.missing_rois and c.patient_id not in test_patients]
+    if partial and missing_roi is MissingRoiPolicy.ERROR:
+        raise ConversionError(
+            f"{raw_dataset.name}: {len(partial)} training case(s) lack ROIs of {roi_yaml}:\n  "
+            + "\n  ".join(
+                f"{c.patient_id} ({c.annotation_files[0]}): {', '.join(c.missing_rois)}" for c in partial
+            )
+            + "\nAnnotate the missing structures in a later snapshot, or set datasets.<name>.missing_roi "
+            "to ignore (train with nnU-Net's ignore label) or drop."
+        )
+    use_ignore = bool(partial) and missing_roi is MissingRoiPolicy.IGNORE
+    if use_ignore:
+        labels[IGNORE_LABEL] = max(labels.values()) + 1
+    prev_cases = {c["case_id"]: c for c in (previous or {}).get("records", [])}
+    if raw_dataset.exists():
+        shutil.rmtree(raw_dataset)
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (raw_dataset / sub).mkdir(parents=True)
+    records: list[dict[str, Any]] = []
+    for cid, (folder, case) in sorted(chosen.items()):
+        split = "test" if case.patient_id in test_patients else "train"
+        handling = "complete"
+        if case.missing_rois:
+            handling = "scored on drawn ROIs only" if split == "test" else f"missing_roi={missing_roi.value}"
+        record: dict[str, Any] = {
+            **asdict(case),
+            "split": split,
+            "change": _change(case, prev_cases),
+            "superseded": superseded.get(cid, []),
+            "converted_label": str(folder / case.label),  # faithful to the annotation (no ignore label)
+            "why": f"newest annotation of the series (snapshot {case.snapshot}); {case.selection}",
+            "partial_labels": handling,
+        }
+        if split == "train" and case.missing_rois and missing_roi is MissingRoiPolicy.DROP:
+            record["split"] = "dropped"
+            logger.warning(
+                "case %s (%s): lacks %s; dropped from training", cid, case.patient_id, case.missing_rois
+            )
+            records.append(record)
+            continue
+        kind = "Ts" if split == "test" else "Tr"
+        image_dst = raw_dataset / f"images{kind}" / f"{cid}_0000.nii.gz"
+        label_dst = raw_dataset / f"labels{kind}" / f"{cid}.nii.gz"
+        link_or_copy(folder / case.image, image_dst)
+        if split == "train" and case.missing_rois and use_ignore:
+            record["ignored_voxels"] = _write_with_ignore(
+                folder / case.label, label_dst, labels[IGNORE_LABEL]
+            )
+            logger.info(
+                "case %s (%s): lacks %s; unlabelled voxels -> ignore label",
+                cid,
+                case.patient_id,
+                case.missing_rois,
+            )
+        else:
+            link_or_copy(folder / case.label, label_dst)
+        record["raw_image"], record["raw_label"] = str(image_dst), str(label_dst)
+        records.append(record)
+    train = [r for r in records if r["split"] == "train"]
+    if not train:
+        raise ConversionError(
+            f"{raw_dataset.name}: no training case left (test patients {sorted(test_patients)}, "
+            f"{sum(r['split'] == 'dropped' for r in records)} dropped for missing ROIs). Add annotated "
+            "cases or lower the test fraction."
+        )
+    dataset_json = {
+        "channel_names": {"0": modality},
+        "labels": labels,
+        "numTraining": len(train),
+        "file_ending": ".nii.gz",
+        "name": raw_dataset.name,
+        "description": "assembled by iterseg from snapshots "
+        + ", ".join(sorted({r["snapshot"] for r in records})),
+    }
+    (raw_dataset / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    own = read_cases(converted_dirs[-1])
+    lacking = Counter(roi for r in records if r["split"] != "test" for roi in r["missing_rois"])
+    summary = {
+        "train": len(train),
+        "test": sum(r["split"] == "test" for r in records),
+        "dropped": sum(r["split"] == "dropped" for r in records),
+        "new": sum(r["change"] == "new" for r in records),
+        "refined": sum(r["change"] == "refined" for r in records),
+        "superseded": sum(1 for r in records if any(not s["same_content"] for s in r["superseded"])),
+        # of the iteration's own snapshot: what this iteration had to convert
+        "converted": sum(c.conversion == "converted" for c in own),
+        "reused": sum(c.conversion == "reused" for c in own),
+        "partial_cases": sum(1 for r in records if r["split"] != "test" and r["missing_rois"]),
+        "missing_rois": dict(lacking),
+        "missing_roi_policy": missing_roi.value,
+    }
+    logger.info(
+        "%s: %d training, %d test, %d dropped case(s); %d new, %d refined annotation(s); "
+        "%d training case(s) lack ROIs %s (policy %s)",
+        raw_dataset.name,
+        summary["train"],
+        summary["test"],
+        summary["dropped"],
+        summary["new"],
+        summary["refined"],
+        summary["partial_cases"],
+        dict(lacking) or "",
+        missing_roi.value,
+    )
+    return {
+        "dataset_name": raw_dataset.name,
+        "raw": str(raw_dataset),
+        # the snapshots trained on: the manifest lists the cases their conversion skipped
+        "converted": [str(d) for d in converted_dirs],
+        "labels": labels,
+        "cases": [r["case_id"] for r in train],
+        "test_cases": [r["case_id"] for r in records if r["split"] == "test"],
+        "test_set": test_set,
+        "summary": summary,
+        "records": records,
+    }

@@ -1,0 +1,531 @@
+"""Snapshot -> NIfTI cases, loudly and incrementally.
+
+We choose the annotations ourselves (``iterseg.convert.annotations``: DICOM by content, linked by the
+annotations' referenced series), convert only image/annotation pairs whose content was not
+converted before, and check every written label map against an independent reading of its
+annotation. Each pair is converted by ``iterseg.convert.pair``; what replaced which part of
+med-imagetools' nnU-Net pipeline, and why, is in the README ("Conversion and med-imagetools").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from iterseg.convert.annotations import (
+    CaseProblem,
+    DuplicateRule,
+    Selection,
+    SeriesInfo,
+    content_hash,
+    present_labels,
+    select_annotations,
+)
+from iterseg.convert.check import RTSTRUCT_TOLERANCE, RoiCheck
+from iterseg.convert.pair import PairJob, PairResult, convert_pair
+from iterseg.errors import ConversionError
+from iterseg.rawdata.archives import unpack_snapshot_archives
+from iterseg.rawdata.fingerprint import SNAPSHOT_RECORD, record_snapshot
+from iterseg.roi import load_roi_yaml, matching_labels
+from iterseg.skipped import SKIPPED_FILE, BadCasePolicy, SkippedCase, Stage, write_skipped
+
+logger = logging.getLogger(__name__)
+
+CASES_FILE = "cases.json"
+CHECK_FILE = "check.json"
+EXCLUDED_FILE = "excluded.json"
+# Part of every reuse key: bump when a change here alters what conversion writes.
+CONVERTER_VERSION = "3"
+
+
+@dataclass(frozen=True)
+class ConvertedCase:
+    """One annotated image series of one snapshot, converted to NIfTI (or reused)."""
+
+    case_id: str
+    patient_id: str
+    study_uid: str
+    image_series_uid: str
+    annotation_kind: str
+    annotation_series_uid: str
+    snapshot: str
+    image: str  # relative to the converted folder
+    label: str
+    image_hash: str = ""
+    annotation_hash: str = ""
+    image_files: list[str] = field(default_factory=list)
+    image_sop_uids: list[str] = field(default_factory=list)
+    annotation_files: list[str] = field(default_factory=list)
+    annotation_sop_uids: list[str] = field(default_factory=list)
+    annotation_datetime: str = ""
+    selection: str = ""  # why this annotation was chosen within its snapshot
+    labels_present: list[str] = field(default_factory=list)
+    missing_rois: list[str] = field(default_factory=list)
+    empty_labels: list[str] = field(default_factory=list)  # drawn (declared) but holding no voxel
+    key: str = ""  # content of image + annotation + conversion settings
+    conversion: str = "converted"  # or "reused"
+    reused_from: str | None = None  # snapshot date whose NIfTI was reused
+
+
+def case_id(patient_id: str, image_series_uid: str) -> str:
+    """Stable nnU-Net case identifier for an image series: patient plus a short series hash.
+
+    The same image series gets the same id in every snapshot, so a refined annotation in a
+    later snapshot replaces the earlier one. Only letters, digits and ``-`` of the PatientID are
+    kept (at most 40): a header value never becomes a path (``P/007``, ``../..``, ``/abs``, NUL).
+    """
+    ascii_id = unicodedata.normalize("NFKD", patient_id).encode("ascii", "ignore").decode()
+    safe = re.sub(r"[^A-Za-z0-9-]+", "-", ascii_id).strip("-")[:40].strip("-") or "anon"
+    return f"{safe}_{hashlib.sha1(image_series_uid.encode()).hexdigest()[:8]}"
+
+
+def _inside(root: Path, path: Path) -> Path:
+    """``path``, after making sure it resolves inside ``root`` (no header value may lead elsewhere)."""
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise ConversionError(f"{path}: would be written outside {root}; report this as an iterseg bug.")
+    return path
+
+
+def reuse_key(image_hash: str, annotation_hash: str, roi_yaml: Path, modality: str, strategy: str) -> str:
+    """What a converted pair depends on; equal keys give equal NIfTI files."""
+    parts = [image_hash, annotation_hash, hashlib.sha256(roi_yaml.read_bytes()).hexdigest()]
+    parts += [modality, strategy, CONVERTER_VERSION]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A selected pair to convert, with what the record needs."""
+
+    selection: Selection
+    present: tuple[str, ...]
+    image_hash: str
+    annotation_hash: str
+    key: str
+
+
+def _record(pending: _Pending, date: str, roi_labels: dict[str, list[str]], **extra: Any) -> ConvertedCase:
+    image, ann = pending.selection.image, pending.selection.annotation
+    cid = case_id(image.patient_id, image.series_uid)
+    return ConvertedCase(
+        case_id=cid,
+        patient_id=image.patient_id,
+        study_uid=image.study_uid,
+        image_series_uid=image.series_uid,
+        annotation_kind=ann.modality,
+        annotation_series_uid=ann.series_uid,
+        snapshot=date,
+        image=f"cases/{cid}_0000.nii.gz",
+        label=f"cases/{cid}.nii.gz",
+        image_hash=pending.image_hash,
+        annotation_hash=pending.annotation_hash,
+        image_files=[str(f) for f in image.files],
+        image_sop_uids=list(image.sop_uids),
+        annotation_files=[str(f) for f in ann.files],
+        annotation_sop_uids=list(ann.sop_uids),
+        annotation_datetime=ann.series_datetime,
+        selection=pending.selection.reason,
+        labels_present=list(pending.present),
+        missing_rois=[label for label in roi_labels if label not in pending.present],
+        key=pending.key,
+        **extra,
+    )
+
+
+def _earlier_index(
+    reuse_from: list[Path],
+) -> tuple[dict[str, tuple[Path, ConvertedCase]], dict[str, SeriesInfo]]:
+    """Converted pairs of earlier snapshots by reuse key, and their image series by UID."""
+    by_key: dict[str, tuple[Path, ConvertedCase]] = {}
+    images: dict[str, SeriesInfo] = {}
+    for folder in reuse_from:
+        for case in read_cases(folder):
+            if case.key:
+                by_key.setdefault(case.key, (folder, case))
+            if case.image_files:
+                files = tuple(Path(f) for f in case.image_files)
+                images[case.image_series_uid] = SeriesInfo(
+                    series_uid=case.image_series_uid,
+                    study_uid=case.study_uid,
+                    modality="",
+                    patient_id=case.patient_id,
+                    folder=files[0].parent,
+                    referenced_series=None,
+                    files=files,
+                    sop_uids=tuple(case.image_sop_uids),
+                    series_datetime="",
+                )
+    return by_key, images
+
+
+def _jobs(
+    pendings: list[_Pending], out: Path, roi_labels: dict[str, list[str]], strategy: str
+) -> list[PairJob]:
+    jobs = []
+    for pending in pendings:
+        image, ann = pending.selection.image, pending.selection.annotation
+        cid = case_id(image.patient_id, image.series_uid)
+        jobs.append(
+            PairJob(
+                case_id=cid,
+                patient_id=image.patient_id,
+                image_files=tuple(image.files),
+                annotation_kind=ann.modality,
+                annotation_files=tuple(ann.files),
+                image_out=_inside(out, out / "cases" / f"{cid}_0000.nii.gz"),
+                label_out=_inside(out, out / "cases" / f"{cid}.nii.gz"),
+                roi_labels=roi_labels,
+                strategy=strategy,
+            )
+        )
+    return jobs
+
+
+def _run_pairs(jobs: list[PairJob], workers: int) -> list[PairResult]:
+    """Convert pairs, in worker processes when there are several; every worker ends with the call."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [convert_pair(job) for job in jobs]
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from iterseg.processes import die_with_parent_initializer
+
+    # spawned workers hold both ends of the call queue's pipe: killed with -9, we would leave
+    # them waiting forever; and they run no at-fork hook, so they are told at start-up
+    with ProcessPoolExecutor(
+        min(workers, len(jobs)),
+        mp_context=get_context("spawn"),
+        initializer=die_with_parent_initializer,
+        initargs=(os.getpid(),),
+    ) as pool:
+        return list(pool.map(convert_pair, jobs))
+
+
+def convert_snapshot(
+    snapshot: Path,
+    out: Path,
+    roi_yaml: Path,
+    modality: str = "CT",
+    mask_saving_strategy: str = "sparse_mask",
+    jobs: int = 1,
+    allow_unrefined: bool = False,
+    duplicates: DuplicateRule = DuplicateRule.ERROR,
+    reuse_from: list[Path] | None = None,
+    on_bad_case: BadCasePolicy = BadCasePolicy.SKIP,
+) -> list[ConvertedCase]:
+    """Convert every annotated case of a snapshot to NIfTI image/label pairs.
+
+    Parameters
+    ----------
+    snapshot
+        ``rawdata/<dataset>/<date>__<dataset>``; only read.
+    out
+        The snapshot's ``converted`` folder; replaced.
+    roi_yaml
+        Label -> regexes, in label order.
+    modality
+        CT or MR.
+    mask_saving_strategy
+        How overlapping ROIs share the label map (med-imagetools' strategies).
+    jobs
+        Worker processes converting pairs in parallel.
+    allow_unrefined
+        Train on our own predictions dropped back unedited (excluded and reported by default).
+    duplicates
+        Rule for several annotations of one image series in the snapshot.
+    reuse_from
+        ``converted`` folders of earlier snapshots: a pair whose files, ROI YAML and settings are
+        unchanged is linked from there instead of converted again; their image series may be
+        annotated anew here without being repeated in this snapshot.
+    on_bad_case
+        skip: a case that cannot be converted is left out and listed in ``out/skipped.json``;
+        fail: it stops the conversion.
+
+    Returns
+    -------
+    list[ConvertedCase]
+        Also written to ``out/cases.json``; left-out annotations to ``out/excluded.json``, cases
+        that could not be converted to ``out/skipped.json``. A case drawing only some ROIs of
+        the YAML is kept, its ``missing_rois`` listed (the assembly applies the dataset's
+        ``missing_roi`` policy).
+
+    Raises
+    ------
+    ConversionError
+        If a case cannot be converted and ``on_bad_case`` is fail, or no case can (one line per
+        case: file, cause, fix), or the conversion check finds a difference.
+
+    """
+    roi_labels = load_roi_yaml(roi_yaml)
+    earlier, earlier_images = _earlier_index(reuse_from or [])
+    refused: list[tuple[Path, str]] = []
+    unpacked = unpack_snapshot_archives(snapshot, out.parent / "unpacked", refused=refused)
+    selected, excluded, problems = select_annotations(
+        snapshot, modality, allow_unrefined, duplicates, earlier_images, unpacked
+    )
+    problems += [CaseProblem("", str(archive), message) for archive, message in refused]
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "cases").mkdir(parents=True)
+    date = snapshot.name.split("__")[0]
+    converted: list[ConvertedCase] = []
+    reused_checks: list[dict[str, Any]] = []
+    pendings: list[_Pending] = []
+    for sel in selected.values():
+        problem = _pair_problem(sel, roi_labels, roi_yaml)
+        if problem is not None:
+            problems.append(problem)
+            continue
+        image_hash, ann_hash = content_hash(sel.image.files), content_hash(sel.annotation.files)
+        pending = _Pending(
+            sel,
+            tuple(present_labels(sel.annotation, roi_labels)),
+            image_hash,
+            ann_hash,
+            reuse_key(image_hash, ann_hash, roi_yaml, modality, mask_saving_strategy),
+        )
+        hit = earlier.get(pending.key)
+        if hit is None:
+            pendings.append(pending)
+            continue
+        folder, old = hit
+        record = _record(
+            pending,
+            date,
+            roi_labels,
+            conversion="reused",
+            reused_from=old.reused_from or old.snapshot,
+            empty_labels=old.empty_labels,
+        )
+        link_or_copy(folder / old.image, out / record.image)
+        link_or_copy(folder / old.label, out / record.label)
+        reused_checks += [
+            {**row, "reused_from": record.reused_from}
+            for row in json.loads((folder / CHECK_FILE).read_text())["rois"]
+            if row["case_id"] == old.case_id
+        ]
+        converted.append(record)
+        logger.info("patient %s: unchanged since %s, NIfTI reused", sel.image.patient_id, record.reused_from)
+    (out / EXCLUDED_FILE).write_text(json.dumps([asdict(e) for e in excluded], indent=2))
+    logger.info(
+        "%s: converting %d %s pair(s), %d reused", snapshot.name, len(pendings), modality, len(converted)
+    )
+    pendings.sort(key=lambda p: case_id(p.selection.image.patient_id, p.selection.image.series_uid))
+    results = _run_pairs(_jobs(pendings, out, roi_labels, mask_saving_strategy), jobs)
+    new = [
+        _record(p, date, roi_labels, empty_labels=list(r.empty_labels))
+        for p, r in zip(pendings, results, strict=True)
+        if not r.error
+    ]
+    problems += [
+        CaseProblem(
+            p.selection.image.patient_id,
+            str(p.selection.image.folder),
+            r.error,
+            (p.selection.image.series_uid,),
+        )
+        for p, r in zip(pendings, results, strict=True)
+        if r.error
+    ]
+    mismatched = report_check(snapshot, out, [r for r in results if not r.error], reused_checks)
+    annotation_of = {c.case_id: (c.annotation_files[0], c.image_series_uid) for c in new}
+    problems += _mismatch_problems(mismatched, annotation_of, out)
+    dropped = {c.case_id for c in mismatched}
+    new = [c for c in new if c.case_id not in dropped]
+    converted = sorted(converted + new, key=lambda c: c.case_id)
+    _settle_problems(snapshot, out, problems, converted, on_bad_case)
+    # last before cases.json: a run stopped in between leaves no cases.json, so it converts again
+    record_snapshot(snapshot, out / SNAPSHOT_RECORD)
+    (out / CASES_FILE).write_text(json.dumps([asdict(c) for c in converted], indent=2))
+    partial = [c for c in converted if c.missing_rois]
+    logger.info(
+        "%s: %d case(s): %d converted, %d reused unchanged, %d skipped; %d lack some ROI (%s)",
+        snapshot.name,
+        len(converted),
+        len(new),
+        len(converted) - len(new),
+        len(problems),
+        len(partial),
+        ", ".join(f"{c.patient_id}: {'+'.join(c.missing_rois)}" for c in partial) or "none",
+    )
+    return converted
+
+
+def _pair_problem(sel: Selection, roi_labels: dict[str, list[str]], roi_yaml: Path) -> CaseProblem | None:
+    """Why a selected pair cannot be converted before reading its pixels, or None."""
+    ann = sel.annotation
+    uid = (sel.image.series_uid,)
+    if sel.image.patient_id != sel.image.patient_id.strip() or re.search(
+        r"[/\\\x00]|\.\.", sel.image.patient_id
+    ):
+        logger.warning(
+            "patient %r: the PatientID holds path characters; its case id is %s (nothing is written "
+            "where it points)",
+            sel.image.patient_id,
+            case_id(sel.image.patient_id, sel.image.series_uid),
+        )
+    ambiguous = {name: found for name in ann.roi_names if len(found := matching_labels(name, roi_labels)) > 1}
+    if ambiguous:
+        name, labels = next(iter(ambiguous.items()))
+        return CaseProblem(
+            ann.patient_id,
+            str(ann.files[0]),
+            f"{ann.files[0]}: ROI {name!r} matches {len(labels)} labels of {roi_yaml} ({', '.join(labels)}); "
+            "make the labels' regexes exclusive (e.g. anchor them: '^GTV$'), or rename the ROI",
+            uid,
+        )
+    if not present_labels(ann, roi_labels):
+        return CaseProblem(
+            ann.patient_id,
+            str(ann.files[0]),
+            f"{ann.files[0]}: none of its ROIs ({', '.join(ann.roi_names) or 'none'}) matches a label of "
+            f"{roi_yaml}; rename the ROI or add its name to a label's regexes",
+            uid,
+        )
+    gone = [f for f in (*sel.image.files, *ann.files) if not f.is_file()]
+    if gone:  # an image series of an earlier snapshot, annotated anew here
+        return CaseProblem(
+            ann.patient_id,
+            str(gone[0]),
+            f"{gone[0]}: recorded in an earlier conversion but missing now ({len(gone)} file(s)); snapshots "
+            "are read-only once converted: restore the file",
+            uid,
+        )
+    return None
+
+
+def _mismatch_problems(
+    mismatched: list[RoiCheck], annotation_of: dict[str, tuple[str, str]], out: Path
+) -> list[CaseProblem]:
+    """The cases whose written label map differs from their annotation: our fault, never trained on."""
+    problems = []
+    for cid in sorted({c.case_id for c in mismatched}):
+        rois = [c for c in mismatched if c.case_id == cid]
+        what = "; ".join(
+            f"ROI {c.label}: {c.beyond_tolerance} voxel(s) differ, {c.slices_missing} slice(s) missing, "
+            f"{c.slices_extra} extra (annotation {c.expected_voxels} voxels, converted {c.converted_voxels})"
+            for c in rois
+        )
+        annotation, series_uid = annotation_of[cid]
+        problems.append(
+            CaseProblem(
+                rois[0].patient_id,
+                annotation,
+                f"{annotation}: the conversion changed its annotation ({what}; details in "
+                f"{out / CHECK_FILE}); it is not trained on. Report the case with its annotation file so the "
+                "converter can be fixed",
+                (series_uid,),
+            )
+        )
+        for suffix in ("_0000.nii.gz", ".nii.gz"):
+            (out / "cases" / f"{cid}{suffix}").unlink(missing_ok=True)
+    return problems
+
+
+def _skipped_cases(snapshot: Path, problems: list[CaseProblem]) -> list[SkippedCase]:
+    skipped = []
+    for p in problems:
+        ids = [case_id(p.patient_id, uid) for uid in p.series_uids] or [""]
+        skipped += [
+            SkippedCase(Stage.CONVERT.value, snapshot.name, cid, p.patient_id, p.file, p.message)
+            for cid in ids
+        ]
+    return skipped
+
+
+def _settle_problems(
+    snapshot: Path,
+    out: Path,
+    problems: list[CaseProblem],
+    converted: list[ConvertedCase],
+    on_bad_case: BadCasePolicy,
+) -> None:
+    """Record the cases that could not be converted; stop when the policy or an empty result says so."""
+    skipped = _skipped_cases(snapshot, problems)
+    write_skipped(out / SKIPPED_FILE, skipped if on_bad_case is BadCasePolicy.SKIP else [])
+    lines = [f"patient {p.patient_id}: {p.message}" if p.patient_id else p.message for p in problems]
+    if problems and (on_bad_case is BadCasePolicy.FAIL or not converted):
+        why = (
+            "no case could be converted"
+            if not converted
+            else f"{len(problems)} case(s) could not be converted"
+        )
+        raise ConversionError(
+            f"{snapshot}: {why}:\n  "
+            + "\n  ".join(lines)
+            + "\nEach line names the file, the cause and the fix"
+            + (" (or set on_bad_case: skip to train on the other cases)" if converted else "")
+            + "; rawdata was not changed."
+        )
+    for line in lines:
+        logger.warning("skipped: %s", line)
+    if problems:
+        logger.warning(
+            "%s: %d case(s) skipped (on_bad_case: skip), listed in %s",
+            snapshot.name,
+            len(problems),
+            out / SKIPPED_FILE,
+        )
+
+
+def report_check(
+    snapshot: Path, out: Path, results: list[PairResult], reused: list[dict[str, Any]] | None = None
+) -> list[RoiCheck]:
+    """Write ``out/check.json`` from the pairs' conversion checks; return the ROIs that differ.
+
+    Rows of reused cases (checked when first converted) are carried over into the report.
+    """
+    checks = [c for r in results for c in r.checks]
+    voxels = sum(r.voxels for r in results)
+    bad = [c for c in checks if not c.ok]
+    report = {
+        "snapshot": snapshot.name,
+        "cases": len(results),
+        "rois_compared": len(checks),
+        "voxels_compared": voxels,
+        "mismatches": len(bad),
+        "rtstruct_tolerance": RTSTRUCT_TOLERANCE,
+        "reused_cases": len({r["case_id"] for r in reused or []}),
+        "rois": [{**asdict(c), "ok": c.ok} for c in checks] + list(reused or []),
+    }
+    (out / CHECK_FILE).write_text(json.dumps(report, indent=2))
+    logger.info(
+        "conversion check %s: %d case(s), %d ROI(s), %d voxels compared, %d mismatch(es)",
+        snapshot.name,
+        len(results),
+        len(checks),
+        voxels,
+        len(bad),
+    )
+    return bad
+
+
+def sitk_size(path: Path) -> tuple[int, ...]:
+    """Size of an image file, from its header."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return tuple(reader.GetSize())
+
+
+def read_cases(converted_dir: Path) -> list[ConvertedCase]:
+    """Load a converted snapshot's ``cases.json``."""
+    return [ConvertedCase(**c) for c in json.loads((converted_dir / CASES_FILE).read_text())]
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` (same file system), else copy it."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

@@ -1,0 +1,19 @@
+"""Stages ``plan``, ``train``, ``predict`` (``plan.smk``, ``train.smk``, ``predict.smk``): nnU-Net v2.
+
+Modules
+-------
+env             nnU-Net's environment variables, set per call from our paths
+plan            plan once, transfer the first iteration's plans later (``iterseg plan``)
+plans_override  configurable overrides of nnU-Net's plans
+train           one fold, fine-tuned from the previous iteration (``iterseg train``)
+predict         the inbox predicted with the fold ensemble, exported as DICOM-SEGs (``iterseg predict``)
+trainers        our nnU-Net trainers (found through ``nnUNet_extTrainer``)
+"""
+
+__all__ = [
+    "env",
+    "plan",
+    "plans_override",
+    "predict",
+    "train",
+]

@@ -1,0 +1,204 @@
+"""Plan and preprocess an iteration's dataset: plan once, then transfer the first iteration's plans.
+
+Weights only transfer between identical architectures, so every later iteration reuses the
+first iteration's plans (nnU-Net's move_plans_between_datasets) instead of planning anew.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from iterseg.errors import PlanTransferError
+from iterseg.nnunet.env import configure_nnunet
+from iterseg.nnunet.plans_override import PlansOverrides, apply_plans_overrides, count_parameters
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlanRecord:
+    """What the plan step did; written as the step's output."""
+
+    dataset_id: int
+    dataset_name: str
+    plans: str
+    configuration: str
+    plans_source: str | None  # dataset name whose plans were transferred; None = planned here
+    architecture: dict[str, Any]
+    patch_size: list[int]
+    spacing: list[float]
+    batch_size: int | None = None
+    overrides: dict[str, Any] | None = None  # applied to the first iteration's plans
+    parameters: int | None = None  # of the network nnU-Net builds from these plans
+
+
+def _dataset_id(name: str) -> int:
+    return int(name[len("Dataset") : len("Dataset") + 3])
+
+
+def _plans_file(work: Path, dataset_name: str, plans: str) -> Path:
+    return work / "nnUNet_preprocessed" / dataset_name / f"{plans}.json"
+
+
+def _check_transferable(
+    source: dict[str, Any],
+    target_json: dict[str, Any],
+    configuration: str,
+    source_json: dict[str, Any],
+    source_name: str,
+    target_name: str,
+) -> None:
+    """Fail before training when the first iteration's weights could not be reused."""
+    if configuration not in source["configurations"]:
+        raise PlanTransferError(
+            f"{source_name} was planned without configuration {configuration!r} "
+            f"(has {sorted(source['configurations'])}). Keep nnunet.configuration as in the first "
+            "iteration, or start a new dataset (new name and dataset_id) to plan again."
+        )
+    if source_json.get("channel_names") != target_json.get("channel_names"):
+        raise PlanTransferError(
+            f"{target_name}: input channels {target_json.get('channel_names')} differ from the first "
+            f"iteration's {source_json.get('channel_names')}; weights cannot transfer. Keep the dataset's "
+            "modality unchanged, or start a new dataset."
+        )
+
+    def outputs(dataset_json: dict[str, Any]) -> dict[str, Any]:
+        # nnU-Net's ignore label (partially labelled cases) is not an output of the network.
+        return {k: v for k, v in (dataset_json.get("labels") or {}).items() if k != "ignore"}
+
+    if outputs(source_json) != outputs(target_json):
+        logger.warning(
+            "%s: labels %s differ from the first iteration's %s; the segmentation head will be "
+            "re-initialised by nnU-Net",
+            target_name,
+            target_json.get("labels"),
+            source_json.get("labels"),
+        )
+
+
+def plan_dataset(
+    work: Path,
+    dataset_name: str,
+    configuration: str,
+    plans: str,
+    processes: int,
+    source_work: Path | None = None,
+    source_name: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> PlanRecord:
+    """Fingerprint, plan (or transfer plans) and preprocess one iteration's dataset.
+
+    Parameters
+    ----------
+    work
+        The iteration folder holding nnUNet_raw/nnUNet_preprocessed/nnUNet_results.
+    dataset_name
+        ``DatasetNNN_...`` in ``work/nnUNet_raw``.
+    configuration
+        nnU-Net configuration to preprocess (others are not needed).
+    plans
+        Plans identifier.
+    processes
+        Worker processes for fingerprinting and preprocessing.
+    source_work, source_name
+        The first iteration's folder and dataset; when given, its plans are reused.
+    overrides
+        First iteration only: changes to the planned configuration (``nnunet.plans_overrides``),
+        validated and written into the plans before preprocessing.
+
+    Raises
+    ------
+    PlanTransferError
+        If the first iteration's plans are missing or incompatible with this dataset.
+    PlanOverrideError
+        If an override does not fit nnU-Net's plan (checked before anything is preprocessed).
+
+    """
+    configure_nnunet(work, threads=processes)
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprints,
+        plan_experiments,
+        preprocess,
+    )
+    from nnunetv2.experiment_planning.plans_for_pretraining.move_plans_between_datasets import (
+        move_plans_between_datasets,
+    )
+
+    target_id = _dataset_id(dataset_name)
+    target_pre = work / "nnUNet_preprocessed" / dataset_name
+    if target_pre.exists():
+        shutil.rmtree(target_pre)  # stale preprocessed data of an earlier attempt
+    extract_fingerprints([target_id], num_processes=processes, check_dataset_integrity=True)
+    if source_work is None or source_name is None:
+        plan_experiments([target_id])
+        plans_source = None
+        spec = PlansOverrides.from_mapping(overrides)
+        if not spec.is_empty():
+            plans_file = _plans_file(work, dataset_name, plans)
+            planned = json.loads(plans_file.read_text())
+            changed = apply_plans_overrides(planned, configuration, spec, "config nnunet.plans_overrides")
+            plans_file.write_text(json.dumps(changed, indent=2))
+            logger.info("plans overrides %s written to %s", overrides, plans_file)
+    else:
+        source_plans_file = _plans_file(source_work, source_name, plans)
+        if not source_plans_file.is_file():
+            raise PlanTransferError(
+                f"{source_plans_file}: plans of the first iteration are missing; re-run the first "
+                "iteration (snakemake plans it) before later ones."
+            )
+        source_plans = json.loads(source_plans_file.read_text())
+        source_json = json.loads((source_work / "nnUNet_raw" / source_name / "dataset.json").read_text())
+        target_json = json.loads((work / "nnUNet_raw" / dataset_name / "dataset.json").read_text())
+        _check_transferable(source_plans, target_json, configuration, source_json, source_name, dataset_name)
+        # move_plans_between_datasets reads source and target from one nnUNet_preprocessed root;
+        # give it a reference copy of the first iteration's plans in this iteration's root.
+        reference = work / "nnUNet_preprocessed" / source_name
+        reference.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source_plans_file, reference / source_plans_file.name)
+        move_plans_between_datasets(_dataset_id(source_name), target_id, plans, plans)
+        plans_source = source_name
+        logger.info("transferred plans %s of %s to %s", plans, source_name, dataset_name)
+    # nnU-Net's preprocess expects dataset.json next to the plans; only planning copies it.
+    shutil.copy2(work / "nnUNet_raw" / dataset_name / "dataset.json", target_pre / "dataset.json")
+    preprocess(
+        [target_id], plans_identifier=plans, configurations=(configuration,), num_processes=(processes,)
+    )
+    plan = json.loads(_plans_file(work, dataset_name, plans).read_text())
+    if configuration not in plan["configurations"]:
+        raise PlanTransferError(
+            f"nnU-Net did not plan configuration {configuration!r} for {dataset_name} "
+            f"(planned: {sorted(plan['configurations'])}); choose one of those in nnunet.configuration."
+        )
+    conf = plan["configurations"][configuration]
+    dataset_json = json.loads((target_pre / "dataset.json").read_text())
+    parameters = count_parameters(plan, configuration, dataset_json)
+    logger.info("%s %s: network of %d parameters", dataset_name, configuration, parameters)
+    return PlanRecord(
+        dataset_id=target_id,
+        dataset_name=dataset_name,
+        plans=plans,
+        configuration=configuration,
+        plans_source=plans_source,
+        architecture=conf["architecture"],
+        patch_size=list(conf["patch_size"]),
+        spacing=list(conf["spacing"]),
+        batch_size=conf.get("batch_size"),
+        overrides=overrides or None,
+        parameters=parameters,
+    )
+
+
+def write_record(record: PlanRecord, path: Path) -> None:
+    """Write the plan step's record (its snakemake output)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(record), indent=2))
+
+
+def read_record(path: Path) -> PlanRecord:
+    """Read a plan record."""
+    return PlanRecord(**json.loads(path.read_text()))
