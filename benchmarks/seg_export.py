@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--slices", type=int, default=200)
     args = parser.parse_args()
-    from iterseg.dicom.label_export import export_label_image
+    from iterseg.dicom.seg_writer import export_label_image
     from iterseg.dicom.series import find_image_series
 
     with tempfile.TemporaryDirectory() as name:

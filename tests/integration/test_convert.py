@@ -52,7 +52,7 @@ def test_newest_annotation_wins_when_assembling(demo_rawdata: Path, tmp_path: Pa
     second = convert_snapshot(demo_rawdata / "2026-03-02__demo", tmp_path / "c2", ROI)
     raw = tmp_path / "nnUNet_raw" / "Dataset950_demo_x"
     record = assemble_dataset([tmp_path / "c1", tmp_path / "c2"], raw, ROI, "CT")
-    cases = record["records"]
+    cases = record.records
     ids = {c.case_id for c in first} | {c.case_id for c in second}
     assert {c["case_id"] for c in cases} == ids
     assert len(ids) == 12  # three patients of snapshot 1 were refined in snapshot 2
@@ -74,23 +74,23 @@ def test_frozen_test_set_and_missing_roi_policies(demo_rawdata: Path, tmp_path: 
     first = assemble_dataset(
         dirs[:1], tmp_path / "raw" / "Dataset950_a", ROI, "CT", test_spec=HoldoutSpec(0.3)
     )
-    held_out = set(first["test_set"]["patients"])
-    assert len(held_out) == 3 and "fraction 0.3 of 7 patients" in first["test_set"]["rule"]
+    held_out = set(first.test_set["patients"])
+    assert len(held_out) == 3 and "fraction 0.3 of 7 patients" in first.test_set["rule"]
     again = assemble_dataset(
         dirs[:1], tmp_path / "raw" / "Dataset950_b", ROI, "CT", test_spec=HoldoutSpec(0.3)
     )
-    assert again["test_set"]["patients"] == first["test_set"]["patients"]  # reproducible from the seed
+    assert again.test_set["patients"] == first.test_set["patients"]  # reproducible from the seed
     second = assemble_dataset(
         dirs,
         tmp_path / "raw" / "Dataset951_a",
         ROI,
         "CT",
         test_spec=HoldoutSpec(0.9),
-        frozen_test_set=first["test_set"],
+        frozen_test_set=first.test_set,
         previous=first,
     )
-    assert second["test_set"] == first["test_set"]  # frozen: the later spec is not consulted
-    tests = {r["patient_id"] for r in second["records"] if r["split"] == "test"}
+    assert second.test_set == first.test_set  # frozen: the later spec is not consulted
+    tests = {r["patient_id"] for r in second.records if r["split"] == "test"}
     assert tests == held_out
     raw = tmp_path / "raw" / "Dataset951_a"
     trained = {p.name.split("_")[0] for p in (raw / "imagesTr").iterdir()}
@@ -103,10 +103,10 @@ def test_frozen_test_set_and_missing_roi_policies(demo_rawdata: Path, tmp_path: 
         ROI,
         "CT",
         MissingRoiPolicy.DROP,
-        frozen_test_set=first["test_set"],
+        frozen_test_set=first.test_set,
     )
-    assert [r["patient_id"] for r in dropped["records"] if r["split"] == "dropped"] == ["P011"]
-    assert "ignore" not in dropped["labels"] and dropped["summary"]["dropped"] == 1
+    assert [r["patient_id"] for r in dropped.records if r["split"] == "dropped"] == ["P011"]
+    assert "ignore" not in dropped.labels and dropped.summary["dropped"] == 1
     with pytest.raises(ConversionError, match=r"(?s)P011 .*tumour.*missing_roi"):
         assemble_dataset(
             dirs,
@@ -114,7 +114,7 @@ def test_frozen_test_set_and_missing_roi_policies(demo_rawdata: Path, tmp_path: 
             ROI,
             "CT",
             MissingRoiPolicy.ERROR,
-            frozen_test_set=first["test_set"],
+            frozen_test_set=first.test_set,
         )
 
 

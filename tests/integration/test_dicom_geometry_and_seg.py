@@ -5,7 +5,7 @@ import pydicom
 import pytest
 from iterseg.dicom.seg_writer import export_seg
 from iterseg.dicom.series import find_image_series, read_volume, sort_by_position
-from iterseg.errors import PredictionError
+from iterseg.errors import DicomReadError
 from iterseg.rawdata.demo import SLICE_THICKNESS, make_phantom, phantom_arrays, stored_values, write_ct_series
 from seg_checks import frame_positions_on_source_slices, referenced_series, seg_label_map
 
@@ -45,7 +45,7 @@ def test_duplicate_slice_position_is_an_error(tmp_path: Path) -> None:
     datasets = write_ct_series(make_phantom("P901", 901), tmp_path)
     files = [tmp_path / f"{i}.dcm" for i in range(len(datasets))]
     datasets[3].ImagePositionPatient = list(datasets[4].ImagePositionPatient)
-    with pytest.raises(PredictionError, match="share one position"):
+    with pytest.raises(DicomReadError, match="share one position"):
         sort_by_position(datasets, files)
 
 

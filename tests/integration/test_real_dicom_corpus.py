@@ -374,7 +374,7 @@ def test_check_cannot_miss_a_filled_three_pixel_hole(tmp_path: Path) -> None:
 
 def test_empty_charset_ct_label_exports_back_to_a_seg(tmp_path: Path) -> None:
     """The converted label map of a CT with an empty (0008,0005) goes back out as a readable SEG."""
-    from iterseg.dicom.label_export import export_label_image
+    from iterseg.dicom.seg_writer import export_label_image
 
     rawdata, snapshot = build_snapshot(tmp_path)
     built = rd.empty_charset_ct(snapshot / "CHARSET01")

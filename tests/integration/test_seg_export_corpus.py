@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 from geometry_corpus import SeriesSpec, label_volume, write_series
 from iterseg.dicom.geometry import series_grid
-from iterseg.dicom.label_export import _grid_image, export_label_image
+from iterseg.dicom.seg_writer import _grid_image, export_label_image
 from iterseg.dicom.series import find_image_series
 from iterseg.errors import SegExportError
 from seg_checks import seg_label_map

@@ -1,7 +1,7 @@
 """A label map exported as our DICOM-SEG and dropped back into a snapshot converts to itself.
 
 Label maps on a real-header CT (``real_dicom``: GE CT_small slices) are written by
-``seg_export.export_seg`` as BINARY and as LABELMAP SEGs, put into a snapshot next to their CT
+``seg_writer.export_seg`` as BINARY and as LABELMAP SEGs, put into a snapshot next to their CT
 and converted with ``allow_unrefined`` (our own SEGs are otherwise left out as unrefined
 predictions): the converted label map must be the one the SEG came from, voxel for voxel,
 also when a label is empty or the ROI YAML has a single label.

@@ -86,7 +86,18 @@ def test_an_old_assembled_record_names_the_fix(tmp_path: Path) -> None:
     results = tmp_path / "2026-01-15"
     results.mkdir()
     (results / "predictions.json").write_text(
-        json.dumps([{"case_id": "P9", "series_uid": "1.2.3", "label": "labels/P9.nii.gz"}])
+        json.dumps(
+            [
+                {
+                    "case_id": "P9",
+                    "patient_id": "P9",
+                    "series_uid": "1.2.3",
+                    "label": "labels/P9.nii.gz",
+                    "seg": "seg/P9.dcm",
+                    "voxels_per_label": {"liver": 10},
+                }
+            ]
+        )
     )
     assembled = {
         "labels": LABELS,
@@ -95,4 +106,25 @@ def test_an_old_assembled_record_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(ConversionError, match="forcerun convert_assemble"):
         iteration_effort(assembled, [results / "predictions.json"], 2.0)
     assembled["records"][0]["change"] = "unchanged"  # only new or refined annotations are compared
-    assert iteration_effort(assembled, [results / "predictions.json"], 2.0)["summary"]["cases"] == 0
+    assert iteration_effort(assembled, [results / "predictions.json"], 2.0).summary["cases"] == 0
+
+
+def test_annotation_effort_round_trips_its_json(tmp_path: Path) -> None:
+    from iterseg.records import AnnotationEffort, read_record, write_record
+
+    pred = np.zeros((4, 8, 8), dtype=np.uint8)
+    pred[1:3, 2:6, 2:6] = 1
+    refined = pred.copy()
+    refined[1, 2, 2] = 0
+    row = {
+        **case_effort("P1", pred, refined, {"background": 0, "liver": 1}, (2.0, 1.0, 1.0), 2.0).as_dict(),
+        "patient_id": "P1",
+        "split": "train",
+        "seeded_by": {"iteration": "2026-01-15", "case_id": "P1", "label": "/r/labels/P1.nii.gz"},
+        "annotation_files": ["a.dcm"],
+    }
+    data = {"cases": [row], "summary": {"cases": 1, "slices_edited_fraction": None, "labels": {}}}
+    path = tmp_path / "annotation_effort.json"
+    path.write_text(json.dumps(data, indent=2))
+    write_record(path, read_record(path, AnnotationEffort))
+    assert path.read_text() == json.dumps(data, indent=2) + "\n"

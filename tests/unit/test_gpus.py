@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from iterseg.cluster.gpus import claim_gpu
+from iterseg.cluster.gpus import DEFAULT_LOCK_DIR, claim_gpu
 from iterseg.errors import TrainingError
 
 pytestmark = pytest.mark.unit
@@ -89,3 +89,17 @@ def test_a_data_parallel_job_takes_all_its_gpus_at_once(tmp_path: Path) -> None:
             assert single == "2"
     with claim_gpu(["0", "1", "2"], locks, count=2, wait_s=1, poll_s=0.05) as again:
         assert again == "0,1"
+
+
+def test_the_lock_dir_default_is_defined_once() -> None:
+    import inspect
+
+    import yaml
+    from iterseg.cluster.slurm import submit_folds
+    from iterseg.config import SCHEMA_PATH, NnunetSettings
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    assert Path(schema["properties"]["nnunet"]["properties"]["gpu_lock_dir"]["default"]) == DEFAULT_LOCK_DIR
+    assert NnunetSettings.__dataclass_fields__["gpu_lock_dir"].default == DEFAULT_LOCK_DIR
+    assert inspect.signature(submit_folds).parameters["gpu_lock_dir"].default == DEFAULT_LOCK_DIR
+    assert inspect.signature(claim_gpu).parameters["lock_dir"].default == DEFAULT_LOCK_DIR

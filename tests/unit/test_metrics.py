@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from iterseg.evaluate.metrics import dice, score_case, summarise, surface_dice
-from iterseg.evaluate.test_set import evaluate_test_set, write_json
+from iterseg.evaluate.test_set import evaluate_test_set
+from iterseg.records import HoldoutMetrics, read_record, write_json, write_record
 
 pytestmark = pytest.mark.unit
 
@@ -147,7 +148,7 @@ def test_large_volume_is_cropped(tmp_path: Path) -> None:
 
 def test_write_json_turns_nan_into_null(tmp_path: Path) -> None:
     path = tmp_path / "m.json"
-    write_json({"a": math.nan, "b": [np.float64(0.5), np.int64(3)], "c": {"d": math.inf}}, path)
+    write_json(path, {"a": math.nan, "b": [np.float64(0.5), np.int64(3)], "c": {"d": math.inf}})
     assert json.loads(path.read_text()) == {"a": None, "b": [0.5, 3], "c": {"d": None}}
 
 
@@ -157,6 +158,21 @@ def test_evaluate_with_no_cases_writes_empty_metrics(tmp_path: Path) -> None:
     (model / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "heart": 1}}))
     report = evaluate_test_set(model, ("all",), "cpu", [], tmp_path / "out", 2.0)
     written = json.loads((tmp_path / "out" / "test_metrics.json").read_text())
-    assert written == report
+    assert written == report.to_json()
+    assert read_record(tmp_path / "out" / "test_metrics.json", HoldoutMetrics) == report
     assert written["cases"] == {} and written["summary"] == {}
     assert written["labels"] == {"background": 0, "heart": 1} and written["folds"] == ["all"]
+
+
+def test_test_metrics_round_trip_their_json(tmp_path: Path) -> None:
+    data = {
+        "tolerance_mm": 2.0,
+        "folds": ["0", "1"],
+        "labels": {"background": 0, "liver": 1, "ignore": 2},
+        "cases": {"P1": {"patient_id": "P1", "metrics": {"liver": {"dice": 0.9, "nsd": None}}}},
+        "summary": {"liver": {"dice_mean": 0.9, "nsd_mean": None, "cases": 1}},
+    }
+    path = tmp_path / "test_metrics.json"
+    path.write_text(json.dumps(data, indent=2))
+    write_record(path, read_record(path, HoldoutMetrics))
+    assert path.read_text() == json.dumps(data, indent=2) + "\n"

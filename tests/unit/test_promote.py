@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 from iterseg.errors import PromotionError
-from iterseg.release.manifest import decide
+from iterseg.release.gate import decide
 from iterseg.release.promote import current_latest, promote, rollback, settle, status_table
 
 pytestmark = pytest.mark.unit
@@ -175,15 +175,122 @@ def test_gate_refuses_a_missing_fold(tmp_path: Path) -> None:
 def test_a_decision_is_taken_once(tmp_path: Path) -> None:
     for date in ("2026-01-01", "2026-02-01"):
         (tmp_path / date).mkdir()
-    assert settle(tmp_path, "2026-01-01", True, "first")["promoted"]
+    assert settle(tmp_path, "2026-01-01", True, "first").promoted
     gated = settle(tmp_path, "2026-02-01", False, "Dice dropped")
-    assert gated == {"promoted": False, "reason": "Dice dropped", "latest_before": "2026-01-01"}
+    assert gated.to_json() == {"promoted": False, "reason": "Dice dropped", "latest_before": "2026-01-01"}
     assert current_latest(tmp_path) == "2026-01-01"
     # re-running the step (e.g. after a config edit) neither re-gates nor moves latest
     again = settle(tmp_path, "2026-02-01", True, "would pass now")
-    assert again["promoted"] is False and again["reason"] == "Dice dropped"
+    assert again.promoted is False and again.reason == "Dice dropped"
+    assert list(again.to_json()) == ["promoted", "reason", "decided", "latest_before"]
     assert current_latest(tmp_path) == "2026-01-01"
     rollback_target = settle(tmp_path, "2026-01-01", True, "again")
-    assert rollback_target["reason"] == "first"
+    assert rollback_target.reason == "first"
     actions = [json.loads(x)["action"] for x in (tmp_path / "latest_history.jsonl").read_text().splitlines()]
     assert actions == ["promote", "gated"]
+
+
+def _case(case_id: str, split: str) -> dict:
+    return {
+        "case_id": case_id,
+        "patient_id": f"P{case_id}",
+        "split": split,
+        "change": "new",
+        "study_uid": "1.2",
+        "image_series_uid": "1.2.3",
+        "image_sop_uids": ["1.2.3.1"],
+        "image_files": ["ct/1.dcm"],
+        "image_hash": "ab",
+        "annotation_kind": "SEG",
+        "annotation_series_uid": "1.2.4",
+        "annotation_sop_uids": ["1.2.4.1"],
+        "annotation_files": ["seg.dcm"],
+        "annotation_hash": "cd",
+        "snapshot": "2026-01-01",
+        "annotation_datetime": "20260101",
+        "why": "only annotation",
+        "superseded": [],
+        "labels_present": ["liver"],
+        "missing_rois": [],
+        "partial_labels": [],
+        "conversion": "converted",
+        "reused_from": None,
+        "key": "k",
+        "raw_image": f"imagesTr/{case_id}_0000.nii.gz",
+        "raw_label": f"labelsTr/{case_id}.nii.gz",
+    }
+
+
+def iteration_inputs(root: Path, date: str) -> dict[str, Path]:
+    """The records one promote step reads, for ``results/<date>`` under ``root``."""
+    work = root / "procdata" / date
+    plans = work / "nnUNet_preprocessed" / "Dataset001_x" / "nnUNetPlans.json"
+    plans.parent.mkdir(parents=True)
+    plans.write_text('{"plans": 1}')
+    plan = {"dataset_id": 1, "dataset_name": "Dataset001_x", "plans": "nnUNetPlans", "configuration": "3d"}
+    files = {"plan_record": work / "planned.json", "assembled": work / "assembled.json"}
+    files["plan_record"].write_text(json.dumps(plan))
+    assembled = {
+        "dataset_name": "Dataset001_x",
+        "raw": str(work / "nnUNet_raw/Dataset001_x"),
+        "converted": [],
+        "labels": {"background": 0, "liver": 1},
+        "cases": ["a"],
+        "test_cases": ["b"],
+        "test_set": {"patients": ["Pb"], "chosen_at": "2026-01-01", "rule": "fraction"},
+        "summary": {"train": 1, "test": 1, "new": 2, "refined": 0, "converted": 2, "reused": 0},
+        "records": [_case("a", "train"), _case("b", "test")],
+    }
+    files["assembled"].write_text(json.dumps(assembled))
+    checkpoint = work / "checkpoint_final.pth"
+    checkpoint.write_bytes(b"x")
+    files["fold"] = work / "fold_0.json"
+    files["fold"].write_text(
+        json.dumps({"fold": "0", "trainer": "T", "checkpoint": str(checkpoint), "pretrained": None,
+                    "epochs": 1, "initial_lr": None, "seconds": 1.0})
+    )  # fmt: skip
+    out = root / "results" / date
+    out.mkdir(parents=True)
+    files["predictions"] = out / "predictions.json"
+    files["predictions"].write_text(json.dumps([{"case_id": "c", "label": "labels/c.nii.gz"}]))
+    files["metrics"] = out / "test_metrics.json"
+    files["metrics"].write_text(json.dumps(_scored(0.9)))
+    files["effort"] = out / "annotation_effort.json"
+    files["effort"].write_text(json.dumps({"cases": [], "summary": {"cases": 0}}))
+    files["roi"] = root / "roi.yaml"
+    files["roi"].write_text("liver: {}\n")
+    return files
+
+
+def test_release_iteration_writes_the_manifest_and_its_summary(tmp_path: Path) -> None:
+    from iterseg.records import IterationSummary, Manifest, read_json, read_record
+    from iterseg.release.iteration import release_iteration
+
+    summaries = []
+    for date, previous in (("2026-01-01", None), ("2026-02-01", tmp_path / "iteration.json")):
+        files = iteration_inputs(tmp_path, date)
+        summary = release_iteration(
+            results=tmp_path / "results", iteration=date, plan_record=files["plan_record"],
+            assembled=files["assembled"], fold_records=[files["fold"]], predictions=files["predictions"],
+            test_metrics=files["metrics"], roi_yaml=files["roi"], config={"a": 1}, previous=previous,
+            effort=files["effort"], max_dice_drop=0.02,
+        )  # fmt: skip
+        (tmp_path / "iteration.json").write_text(json.dumps(summary.to_json()))
+        summaries.append(summary)
+    assert [s.promoted for s in summaries] == [True, True]
+    assert current_latest(tmp_path / "results") == "2026-02-01"
+    assert read_record(tmp_path / "iteration.json", IterationSummary) == summaries[1]
+    assert list(summaries[1].to_json()) == [
+        "iteration", "dataset_name", "training_cases", "promoted", "reason", "manifest",
+    ]  # fmt: skip
+    data = read_json(Path(summaries[1].manifest))
+    assert list(data) == [
+        "iteration", "dataset_name", "parent", "summary", "labels", "test_set", "cases", "config",
+        "config_sha256", "roi_yaml", "versions", "plans", "folds", "test_metrics", "predictions", "skipped",
+        "annotation_effort", "promotion",
+    ]  # fmt: skip
+    assert data["parent"] == {"iteration": "2026-01-01", "checkpoints": {"0": None}}
+    assert data["folds"][0]["status"] == "finished" and data["annotation_effort"]["summary"] == {"cases": 0}
+    assert data["promotion"]["latest_before"] == "2026-01-01"
+    again = read_record(Path(summaries[1].manifest), Manifest).to_json()
+    assert again == data and list(again) == list(data)  # round trip, key order too

@@ -124,7 +124,7 @@ def test_status_counts_and_lists_each_skipped_case_once(tmp_path: Path) -> None:
 
 
 def test_the_report_table_has_a_skipped_column_and_the_list(tmp_path: Path) -> None:
-    from iterseg.report.pages import dataset_report
+    from iterseg.report.dataset import dataset_report
 
     _manifest(tmp_path, "2026-01-01", [])
     _manifest(tmp_path, "2026-02-01", [BAD_CT, BAD_INBOX])

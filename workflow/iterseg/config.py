@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from iterseg.cluster.gpus import DEFAULT_LOCK_DIR
 from iterseg.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class NnunetSettings:
     fine_tuning: Schedule | None = None
     plans_overrides: Mapping[str, Any] | None = None
     gpus: tuple[str, ...] | None = None  # None: detect at start-up ("auto")
-    gpu_lock_dir: Path = Path("/tmp/iterseg-gpu-locks")
+    gpu_lock_dir: Path = DEFAULT_LOCK_DIR
     gpus_per_fold: int = 1
 
     def schedule(self, first: bool) -> Schedule:
@@ -125,9 +126,8 @@ def validate_config(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> 
     return config
 
 
-def load_settings(config: dict[str, Any], config_dir: Path = Path("config")) -> Settings:
-    """Validate a snakemake ``config`` dict and return typed settings."""
-    validate_config(config)
+def _check_combinations(config: Mapping[str, Any]) -> None:
+    """Settings the schema cannot check alone: keys that only work together."""
     nn = config["nnunet"]
     for name, ds in config["datasets"].items():
         if ds["missing_roi"] == "ignore" and ds["mask_saving_strategy"] == "region_mask":
@@ -135,62 +135,80 @@ def load_settings(config: dict[str, Any], config_dir: Path = Path("config")) -> 
                 f"config key datasets.{name}: missing_roi ignore needs mask_saving_strategy sparse_mask or "
                 "label_image (nnU-Net's ignore label is a label value, not a region); choose drop or error."
             )
-    if nn["gpus_per_fold"] > 1:
-        if nn["device"] != "cuda":
-            raise ConfigError(
-                f"config key nnunet.gpus_per_fold: {nn['gpus_per_fold']} GPUs per fold needs "
-                f"nnunet.device cuda, not {nn['device']!r}; set gpus_per_fold: 1."
-            )
-        overridden = [
-            f"nnunet.{kind}.{key}"
-            for kind in ("first_iteration", "fine_tuning")
-            for key in ("epochs", "initial_lr")
-            if nn[kind].get(key) is not None
-        ]
-        if overridden:
-            raise ConfigError(
-                f"config key nnunet.gpus_per_fold: data-parallel training uses the trainer's own "
-                f"schedule, but {', '.join(overridden)} is set; remove it (and name a trainer class "
-                "with the schedule you want) or set gpus_per_fold: 1."
-            )
-    datasets = {
-        name: DatasetSettings(
-            name=name,
-            dataset_id=int(ds["dataset_id"]),
-            roi_yaml=Path(ds.get("roi_yaml") or config_dir / f"roi_{name}.yaml"),
-            modality=ds["modality"],
-            mask_saving_strategy=ds["mask_saving_strategy"],
-            allow_unrefined_predictions=bool(ds["allow_unrefined_predictions"]),
-            missing_roi=ds["missing_roi"],
-            duplicate_annotations=ds["duplicate_annotations"],
-            test_fraction=float(ds["test_set"]["fraction"]),
-            test_patients=tuple(ds["test_set"]["patients"]),
-            test_seed=int(ds["test_set"]["seed"]),
-            nsd_tolerance_mm=float(ds["test_set"]["nsd_tolerance_mm"]),
+    if nn["gpus_per_fold"] <= 1:
+        return
+    if nn["device"] != "cuda":
+        raise ConfigError(
+            f"config key nnunet.gpus_per_fold: {nn['gpus_per_fold']} GPUs per fold needs "
+            f"nnunet.device cuda, not {nn['device']!r}; set gpus_per_fold: 1."
         )
-        for name, ds in config["datasets"].items()
-    }
+    overridden = [
+        f"nnunet.{kind}.{key}"
+        for kind in ("first_iteration", "fine_tuning")
+        for key in ("epochs", "initial_lr")
+        if nn[kind].get(key) is not None
+    ]
+    if overridden:
+        raise ConfigError(
+            f"config key nnunet.gpus_per_fold: data-parallel training uses the trainer's own "
+            f"schedule, but {', '.join(overridden)} is set; remove it (and name a trainer class "
+            "with the schedule you want) or set gpus_per_fold: 1."
+        )
+
+
+def _dataset_settings(name: str, ds: Mapping[str, Any], config_dir: Path) -> DatasetSettings:
+    return DatasetSettings(
+        name=name,
+        dataset_id=int(ds["dataset_id"]),
+        roi_yaml=Path(ds.get("roi_yaml") or config_dir / f"roi_{name}.yaml"),
+        modality=ds["modality"],
+        mask_saving_strategy=ds["mask_saving_strategy"],
+        allow_unrefined_predictions=bool(ds["allow_unrefined_predictions"]),
+        missing_roi=ds["missing_roi"],
+        duplicate_annotations=ds["duplicate_annotations"],
+        test_fraction=float(ds["test_set"]["fraction"]),
+        test_patients=tuple(ds["test_set"]["patients"]),
+        test_seed=int(ds["test_set"]["seed"]),
+        nsd_tolerance_mm=float(ds["test_set"]["nsd_tolerance_mm"]),
+    )
+
+
+def _nnunet_settings(nn: Mapping[str, Any]) -> NnunetSettings:
+    return NnunetSettings(
+        configuration=nn["configuration"],
+        trainer=nn["trainer"],
+        plans=nn["plans"],
+        folds=tuple(str(f) for f in nn["folds"]),
+        device=nn["device"],
+        train_on=nn["train_on"],
+        preprocess_processes=int(nn["preprocess_processes"]),
+        train_mem_mb=int(nn["train_mem_mb"]),
+        train_runtime=int(nn["train_runtime"]),
+        first_iteration=_schedule(nn["first_iteration"], nn["trainer"]),
+        fine_tuning=_schedule(nn["fine_tuning"], nn["trainer"]),
+        plans_overrides=dict(nn["plans_overrides"]),
+        gpus=None if nn["gpus"] == "auto" else tuple(str(g) for g in nn["gpus"]),
+        gpu_lock_dir=Path(nn["gpu_lock_dir"]),
+        gpus_per_fold=int(nn["gpus_per_fold"]),
+    )
+
+
+def load_settings(config: dict[str, Any], config_dir: Path = Path("config")) -> Settings:
+    """Validate a snakemake ``config`` dict and return typed settings.
+
+    Raises
+    ------
+    ConfigError
+        Naming each key the schema rejects, or a combination of keys that cannot work together.
+
+    """
+    validate_config(config)
+    _check_combinations(config)
     return Settings(
         rawdata=Path(config["rawdata"]),
         inbox=config["inbox"],
-        datasets=datasets,
-        nnunet=NnunetSettings(
-            configuration=nn["configuration"],
-            trainer=nn["trainer"],
-            plans=nn["plans"],
-            folds=tuple(str(f) for f in nn["folds"]),
-            device=nn["device"],
-            train_on=nn["train_on"],
-            preprocess_processes=int(nn["preprocess_processes"]),
-            train_mem_mb=int(nn["train_mem_mb"]),
-            train_runtime=int(nn["train_runtime"]),
-            first_iteration=_schedule(nn["first_iteration"], nn["trainer"]),
-            fine_tuning=_schedule(nn["fine_tuning"], nn["trainer"]),
-            plans_overrides=dict(nn["plans_overrides"]),
-            gpus=None if nn["gpus"] == "auto" else tuple(str(g) for g in nn["gpus"]),
-            gpu_lock_dir=Path(nn["gpu_lock_dir"]),
-            gpus_per_fold=int(nn["gpus_per_fold"]),
-        ),
+        datasets={name: _dataset_settings(name, ds, config_dir) for name, ds in config["datasets"].items()},
+        nnunet=_nnunet_settings(config["nnunet"]),
         max_dice_drop=config["promotion"]["max_dice_drop"],
         on_bad_case=config["on_bad_case"],
         raw=json.loads(json.dumps(config, default=str)),

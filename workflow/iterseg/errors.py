@@ -17,6 +17,15 @@ class ConversionError(IterSegError):
     """One or more cases could not be converted exactly."""
 
 
+class DicomReadError(IterSegError):
+    """A DICOM series or annotation cannot be read as it must be (slices that cannot be ordered, ...).
+
+    Raised by ``iterseg.dicom``, which conversion, prediction and the SEG export all use: each
+    caller turns it into its own stage's error (``ConversionError``, ``PredictionError``,
+    ``SegExportError``), the message unchanged.
+    """
+
+
 class PlanTransferError(IterSegError):
     """Plans or weights of an earlier iteration cannot be reused."""
 

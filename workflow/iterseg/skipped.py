@@ -7,18 +7,30 @@ step's ``skipped.json`` with the file, the cause and the fix, and surfaces in th
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from iterseg.paths import iteration_dir
+from iterseg.records import RecordError, SkippedCase, SkippedCases, read_record, write_record
 
 if TYPE_CHECKING:
     from iterseg.rawdata.discovery import Snapshot
+
+__all__ = [
+    "SKIPPED_FILE",
+    "SKIPPED_PREDICTIONS_FILE",
+    "BadCasePolicy",
+    "SkippedCase",
+    "Stage",
+    "iteration_skipped",
+    "read_skipped",
+    "warn_run",
+    "warn_skipped",
+    "write_skipped",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,31 +54,23 @@ class Stage(StrEnum):
     PREDICT = "predict"
 
 
-@dataclass(frozen=True)
-class SkippedCase:
-    """One case left out of a step."""
-
-    stage: str  # a Stage
-    where: str  # the snapshot folder name, or the inbox folder
-    case: str  # the case id, or the folder / file it would have become
-    patient_id: str
-    file: str  # the file (or folder) at fault
-    message: str  # one line: the file, the cause and the fix
-
-
-def write_skipped(path: Path, cases: list[SkippedCase]) -> None:
-    """Write ``cases`` (possibly none) to ``path``, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps([asdict(c) for c in cases], indent=2))
-    tmp.replace(path)
+def write_skipped(path: Path, cases: Sequence[SkippedCase]) -> None:
+    """Write ``cases`` (possibly none) to ``path``, atomically (a :class:`~iterseg.records.SkippedCases`)."""
+    write_record(path, SkippedCases(tuple(cases)))
 
 
 def read_skipped(path: Path) -> list[SkippedCase]:
-    """The cases listed in ``path``; none when the step wrote no such file."""
+    """The cases listed in ``path``; none when the step wrote no such file.
+
+    Raises
+    ------
+    RecordError
+        If the file is not a list of skipped cases (hand-edited or truncated).
+
+    """
     if not path.is_file():
         return []
-    return [SkippedCase(**c) for c in json.loads(path.read_text())]
+    return list(read_record(path, SkippedCases).cases)
 
 
 def warn_skipped(cases: Sequence[SkippedCase], what: str, log: logging.Logger | None = None) -> None:
@@ -127,7 +131,7 @@ def warn_run(
         for snap in snaps:
             try:
                 converted, predicted = iteration_skipped(procdata, results, dataset, snap.date)
-            except (OSError, ValueError, TypeError) as exc:  # a hand-edited or truncated list
+            except (OSError, RecordError) as exc:  # a hand-edited or truncated list
                 (log or logger).warning(
                     f"{dataset} {snap.date}: cannot read its list of skipped cases ({exc})"
                 )

@@ -38,6 +38,50 @@ def detect_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(run.stdout.splitlines()) if line.startswith("GPU ")]
 
 
+def _release(held: Sequence[tuple[str, IO[str]]]) -> None:
+    for _, lock in held:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+
+
+def _try_claim(gpus: Sequence[str], lock_dir: Path, count: int) -> list[tuple[str, IO[str]]] | None:
+    """``count`` of ``gpus`` locked now, or None (holding nothing) when fewer are free."""
+    held: list[tuple[str, IO[str]]] = []
+    for gpu in gpus:
+        handle = (lock_dir / f"gpu{gpu}.lock").open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        held.append((gpu, handle))
+        if len(held) == count:
+            break
+    if len(held) == count:
+        return held
+    _release(held)  # all at once or none: never hold half of what a job needs
+    return None
+
+
+def _wait_for_gpus(
+    gpus: Sequence[str], lock_dir: Path, count: int, wait_s: float, poll_s: float
+) -> list[tuple[str, IO[str]]]:
+    """Poll until ``count`` of ``gpus`` are free and locked; TrainingError after ``wait_s`` seconds."""
+    deadline = time.monotonic() + wait_s
+    waited = False
+    while (held := _try_claim(gpus, lock_dir, count)) is None:
+        if time.monotonic() > deadline:
+            raise TrainingError(
+                f"{count} GPU(s) of {list(gpus)} did not become free within {wait_s:.0f} s "
+                f"(locks in {lock_dir})."
+            )
+        if not waited:
+            logger.info("all of GPUs %s are busy; waiting for %d", list(gpus), count)
+            waited = True
+        time.sleep(poll_s)
+    return held
+
+
 @contextmanager
 def claim_gpu(
     gpus: Sequence[str],
@@ -64,34 +108,7 @@ def claim_gpu(
             "nnunet.gpus_per_fold), or nnunet.device: cpu on a machine without GPUs."
         )
     lock_dir.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + wait_s
-    waited = False
-    while True:
-        held: list[tuple[str, IO[str]]] = []
-        for gpu in gpus:
-            handle = (lock_dir / f"gpu{gpu}.lock").open("a+")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
-                continue
-            held.append((gpu, handle))
-            if len(held) == count:
-                break
-        if len(held) == count:
-            break
-        for _, lock in held:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            lock.close()
-        if time.monotonic() > deadline:
-            raise TrainingError(
-                f"{count} GPU(s) of {list(gpus)} did not become free within {wait_s:.0f} s "
-                f"(locks in {lock_dir})."
-            )
-        if not waited:
-            logger.info("all of GPUs %s are busy; waiting for %d", list(gpus), count)
-            waited = True
-        time.sleep(poll_s)
+    held = _wait_for_gpus(gpus, lock_dir, count, wait_s, poll_s)
     claimed = ",".join(gpu for gpu, _ in held)
     before = os.environ.get("CUDA_VISIBLE_DEVICES")
     os.environ["CUDA_VISIBLE_DEVICES"] = claimed
@@ -108,6 +125,4 @@ def claim_gpu(
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         else:
             os.environ["CUDA_VISIBLE_DEVICES"] = before
-        for _, lock in held:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            lock.close()
+        _release(held)

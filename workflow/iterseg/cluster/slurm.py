@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from iterseg.cluster.gpus import DEFAULT_LOCK_DIR
 from iterseg.errors import IterSegError
 
 logger = logging.getLogger(__name__)
@@ -24,6 +25,32 @@ logger = logging.getLogger(__name__)
 
 class SubmitError(IterSegError):
     """The controller job could not be submitted, or it failed."""
+
+
+def _slurm_parameters(
+    *,
+    minutes: int,
+    mem_gb: int,
+    cpus: int,
+    job_name: str,
+    partition: str | None,
+    account: str | None,
+    gres: str | None = None,
+) -> dict[str, object]:
+    """The sbatch settings for submitit's ``SlurmExecutor`` (partition/account only when given)."""
+    params: dict[str, object] = {
+        "time": minutes,
+        "mem": f"{mem_gb}G",
+        "cpus_per_task": cpus,
+        "job_name": job_name,
+    }
+    if gres:
+        params["gres"] = gres
+    if partition:
+        params["partition"] = partition
+    if account:
+        params["account"] = account
+    return params
 
 
 @dataclass(frozen=True)
@@ -69,17 +96,16 @@ def submit_controller(
     from submitit.helpers import CommandFunction
 
     executor = submitit.SlurmExecutor(folder=log_dir)  # explicit: never a silent local fallback
-    params: dict[str, object] = {
-        "time": minutes,
-        "mem": f"{mem_gb}G",
-        "cpus_per_task": cpus,
-        "job_name": "iterseg",
-    }
-    if partition:
-        params["partition"] = partition
-    if account:
-        params["account"] = account
-    executor.update_parameters(**params)
+    executor.update_parameters(
+        **_slurm_parameters(
+            minutes=minutes,
+            mem_gb=mem_gb,
+            cpus=cpus,
+            job_name="iterseg",
+            partition=partition,
+            account=account,
+        )
+    )
     command = [str(Path(sys.executable).parent / "snakemake"), *snakemake_args]
     try:
         job = executor.submit(CommandFunction(command, cwd=str(Path.cwd()), verbose=True))
@@ -157,7 +183,7 @@ def _train_in_job(training: FoldTraining, gpus: tuple[str, ...], lock_dir: Path)
             os.environ.get("SLURM_JOB_ID", "-"),
             os.environ.get("CUDA_VISIBLE_DEVICES", "-"),
         )
-        checkpoint = train_fold(
+        trained = train_fold(
             training.work.resolve(),
             training.plan_record.resolve(),
             training.trainer,
@@ -169,7 +195,22 @@ def _train_in_job(training: FoldTraining, gpus: tuple[str, ...], lock_dir: Path)
             initial_lr=training.initial_lr,
             num_gpus=training.num_gpus,
         )
-    return str(checkpoint)
+    return str(trained.checkpoint)
+
+
+def _fold_executor(
+    where: str, log_dir: Path, slurm_params: dict[str, object], minutes: int, local_gpus: Sequence[str]
+) -> tuple[Any, tuple[str, ...]]:
+    """The submitit executor of the fold jobs, and the GPUs the jobs share through locks (none on SLURM)."""
+    import submitit
+
+    if where == "slurm":
+        executor: Any = submitit.SlurmExecutor(folder=log_dir)
+        executor.update_parameters(**slurm_params)
+        return executor, ()  # SLURM sets CUDA_VISIBLE_DEVICES per job
+    executor = submitit.LocalExecutor(folder=log_dir)
+    executor.update_parameters(timeout_min=minutes)
+    return executor, tuple(local_gpus)
 
 
 def submit_folds(
@@ -183,7 +224,7 @@ def submit_folds(
     minutes: int = 2880,
     mem_gb: int = 32,
     local_gpus: Sequence[str] = (),
-    gpu_lock_dir: Path = Path("/tmp/iterseg-gpu-locks"),
+    gpu_lock_dir: Path = DEFAULT_LOCK_DIR,
 ) -> list[FoldJob]:
     """Train folds through submitit, outside Snakemake: one job per fold.
 
@@ -216,28 +257,17 @@ def submit_folds(
         If the scheduler refuses a job.
 
     """
-    import submitit
-
-    if where == "slurm":
-        executor: Any = submitit.SlurmExecutor(folder=log_dir)
-        params: dict[str, object] = {
-            "time": minutes,
-            "mem": f"{mem_gb}G",
-            "cpus_per_task": max(t.threads for t in trainings) if trainings else 1,
-            "job_name": "iterseg-fold",
-        }
-        if gpus_per_fold:
-            params["gres"] = f"gpu:{gpus_per_fold}"
-        if partition:
-            params["partition"] = partition
-        if account:
-            params["account"] = account
-        executor.update_parameters(**params)
-        gpus: tuple[str, ...] = ()  # SLURM sets CUDA_VISIBLE_DEVICES per job
-    else:
-        executor = submitit.LocalExecutor(folder=log_dir)
-        executor.update_parameters(timeout_min=minutes)
-        gpus = tuple(local_gpus)
+    # long only for its parameter docs: the body is executor set-up and one submit per fold
+    slurm_params = _slurm_parameters(  # used by the SLURM executor only
+        minutes=minutes,
+        mem_gb=mem_gb,
+        cpus=max(t.threads for t in trainings) if trainings else 1,
+        job_name="iterseg-fold",
+        partition=partition,
+        account=account,
+        gres=f"gpu:{gpus_per_fold}" if gpus_per_fold else None,
+    )
+    executor, gpus = _fold_executor(where, log_dir, slurm_params, minutes, local_gpus)
     jobs = []
     for training in trainings:
         try:

@@ -20,6 +20,7 @@ import pydicom
 from iterseg.dicom.seg_writer import ALGORITHM_NAME, LEGACY_ALGORITHM_NAMES, SEG_MANUFACTURER
 from iterseg.dicom.series import dicom_files, header_text
 from iterseg.errors import SnapshotError
+from iterseg.records import ExcludedAnnotation
 from iterseg.roi import match_roi_name
 
 logger = logging.getLogger(__name__)
@@ -54,15 +55,6 @@ class SeriesInfo:
     series_datetime: str  # SeriesDate+SeriesTime (else ContentDate+ContentTime); "" if absent
     roi_names: tuple[str, ...] = ()  # for annotations: segment labels / ROI names with contours
     unrefined_prediction: bool = False  # a SEG exported by iterseg and not edited since
-
-
-@dataclass(frozen=True)
-class ExcludedAnnotation:
-    """An annotation left out of training, and why."""
-
-    patient_id: str
-    files: tuple[str, ...]
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -424,6 +416,7 @@ def select_annotations(
         When the snapshot holds no annotation, or only unrefined predictions of ours.
 
     """
+    # 61-80 lines: the docstring is most of it; the phases are _exclude_unrefined, _by_image, _pick
     problems: list[CaseProblem] = []
     series = scan_series(snapshot, *(unpacked or []), problems=problems)
     every = {s.series_uid: s for s in series}
@@ -437,9 +430,54 @@ def select_annotations(
     excluded: list[ExcludedAnnotation] = []
     if not allow_unrefined and annotations:
         annotations, excluded = _exclude_unrefined(annotations, snapshot)
-    earlier = earlier_images or {}
-    by_image: dict[str, list[SeriesInfo]] = defaultdict(list)
     ruled_out = {uid for p in problems for uid in p.series_uids}
+    by_image = _by_image(
+        annotations, images, every, earlier_images or {}, ruled_out, modality, snapshot, problems
+    )
+    selected: dict[str, Selection] = {}
+    for uid, anns in by_image.items():
+        picked = _pick(snapshot, images[uid], anns, duplicates)
+        if isinstance(picked, CaseProblem):
+            problems.append(picked)
+            continue
+        chosen, reason, dropped = picked
+        excluded += dropped
+        selected[uid] = Selection(images[uid], chosen, reason)
+    for uid in {uid for p in problems for uid in p.series_uids}:
+        selected.pop(uid, None)
+    _warn_unannotated(images, every, set(by_image) | ruled_out, modality)
+    return selected, excluded, problems
+
+
+def _warn_unannotated(
+    images: dict[str, SeriesInfo], every: dict[str, SeriesInfo], accounted: set[str], modality: str
+) -> None:
+    """Warn of each image series of the snapshot that no annotation (nor a problem) accounts for."""
+    for uid, image in images.items():
+        if uid not in accounted and uid in every:
+            logger.warning(
+                "%s: %s series of patient %s has no annotation in this snapshot; it is not used for training",
+                image.folder,
+                modality,
+                image.patient_id,
+            )
+
+
+def _by_image(
+    annotations: list[SeriesInfo],
+    images: dict[str, SeriesInfo],
+    every: dict[str, SeriesInfo],
+    earlier: dict[str, SeriesInfo],
+    ruled_out: set[str],
+    modality: str,
+    snapshot: Path,
+    problems: list[CaseProblem],
+) -> dict[str, list[SeriesInfo]]:
+    """Image series UID -> the annotations that may annotate it; the others appended to ``problems``.
+
+    An image series of an earlier snapshot that an annotation references is added to ``images``.
+    """
+    by_image: dict[str, list[SeriesInfo]] = defaultdict(list)
     for ann in annotations:
         ref = ann.referenced_series
         if ref in ruled_out:
@@ -452,23 +490,4 @@ def select_annotations(
             problems.append(problem)
         elif ref is not None:
             by_image[ref].append(ann)
-    selected: dict[str, Selection] = {}
-    for uid, anns in by_image.items():
-        picked = _pick(snapshot, images[uid], anns, duplicates)
-        if isinstance(picked, CaseProblem):
-            problems.append(picked)
-            continue
-        chosen, reason, dropped = picked
-        excluded += dropped
-        selected[uid] = Selection(images[uid], chosen, reason)
-    for uid in {uid for p in problems for uid in p.series_uids}:
-        selected.pop(uid, None)
-    for uid, image in images.items():
-        if uid not in by_image and uid not in ruled_out and uid in every:
-            logger.warning(
-                "%s: %s series of patient %s has no annotation in this snapshot; it is not used for training",
-                image.folder,
-                modality,
-                image.patient_id,
-            )
-    return selected, excluded, problems
+    return by_image

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import shutil
@@ -24,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from iterseg.convert.snapshot import ConvertedCase, link_or_copy, read_cases
+from iterseg.convert.snapshot import link_or_copy, read_cases
 from iterseg.errors import ConversionError
+from iterseg.records import Assembled, ConvertedCase, write_json
 from iterseg.roi import label_values, load_roi_yaml
 
 logger = logging.getLogger(__name__)
@@ -134,8 +134,8 @@ def assemble_dataset(
     missing_roi: MissingRoiPolicy = MissingRoiPolicy.IGNORE,
     test_spec: HoldoutSpec | None = None,
     frozen_test_set: dict[str, Any] | None = None,
-    previous: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    previous: Assembled | None = None,
+) -> Assembled:
     """Build the nnU-Net raw dataset of one iteration and return its record.
 
     Parameters
@@ -161,8 +161,8 @@ def assemble_dataset(
 
     Returns
     -------
-    dict
-        The assembled record (written as the step's output by the CLI).
+    Assembled
+        The assembled record (written as the step's ``assembled.json`` by the CLI).
 
     Raises
     ------
@@ -171,22 +171,103 @@ def assemble_dataset(
         training case is left.
 
     """
-    roi_labels = load_roi_yaml(roi_yaml)
-    labels: dict[str, int] = label_values(roi_labels)
+    # 61-80 lines: the docstring is most of it; the body is the list of phases
+    labels: dict[str, int] = label_values(load_roi_yaml(roi_yaml))
     chosen, superseded = _choose(converted_dirs)
-    if frozen_test_set is not None:
-        test_set = frozen_test_set
-    else:
-        spec = test_spec or HoldoutSpec()
-        patients = sorted({c.patient_id for _, c in chosen.values()})
-        test_set = {
-            "patients": choose_test_patients(patients, spec),
-            "chosen_at": raw_dataset.name,
-            "rule": f"explicit list {list(spec.patients)}"
-            if spec.patients
-            else f"fraction {spec.fraction} of {len(patients)} patients, seed {spec.seed}",
-        }
+    test_set = (
+        frozen_test_set if frozen_test_set is not None else _choose_test_set(chosen, raw_dataset, test_spec)
+    )
     test_patients = set(test_set["patients"])
+    use_ignore = _partial_label_policy(chosen, test_patients, missing_roi, raw_dataset, roi_yaml)
+    if use_ignore:
+        labels[IGNORE_LABEL] = max(labels.values()) + 1
+    prev_cases = {c["case_id"]: c for c in (previous.records if previous is not None else ())}
+    _fresh_raw_dataset(raw_dataset)
+    placement = _Placement(raw_dataset, test_patients, missing_roi, use_ignore, labels)
+    records = [
+        _place_case(folder, case, placement, _change(case, prev_cases), superseded.get(cid, []))
+        for cid, (folder, case) in sorted(chosen.items())
+    ]
+    train = _training_cases(records, raw_dataset, test_patients)
+    _write_dataset_json(raw_dataset, modality, labels, len(train), records)
+    summary = _summary(records, read_cases(converted_dirs[-1]), missing_roi, raw_dataset)
+    return Assembled(
+        dataset_name=raw_dataset.name,
+        raw=str(raw_dataset),
+        # the snapshots trained on: the manifest lists the cases their conversion skipped
+        converted=tuple(str(d) for d in converted_dirs),
+        labels=labels,
+        cases=tuple(r["case_id"] for r in train),
+        test_cases=tuple(r["case_id"] for r in records if r["split"] == "test"),
+        test_set=test_set,
+        summary=summary,
+        records=tuple(records),
+    )
+
+
+def _fresh_raw_dataset(raw_dataset: Path) -> None:
+    """Replace ``raw_dataset`` by its four empty folders."""
+    if raw_dataset.exists():
+        shutil.rmtree(raw_dataset)
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (raw_dataset / sub).mkdir(parents=True)
+
+
+def _training_cases(
+    records: list[dict[str, Any]], raw_dataset: Path, test_patients: set[str]
+) -> list[dict[str, Any]]:
+    """The records of the training cases; :class:`ConversionError` when there is none."""
+    train = [r for r in records if r["split"] == "train"]
+    if not train:
+        raise ConversionError(
+            f"{raw_dataset.name}: no training case left (test patients {sorted(test_patients)}, "
+            f"{sum(r['split'] == 'dropped' for r in records)} dropped for missing ROIs). Add annotated "
+            "cases or lower the test fraction."
+        )
+    return train
+
+
+def _write_dataset_json(
+    raw_dataset: Path, modality: str, labels: dict[str, int], training: int, records: list[dict[str, Any]]
+) -> None:
+    """nnU-Net's ``dataset.json`` of the raw dataset."""
+    write_json(
+        raw_dataset / "dataset.json",
+        {
+            "channel_names": {"0": modality},
+            "labels": labels,
+            "numTraining": training,
+            "file_ending": ".nii.gz",
+            "name": raw_dataset.name,
+            "description": "assembled by iterseg from snapshots "
+            + ", ".join(sorted({r["snapshot"] for r in records})),
+        },
+    )
+
+
+def _choose_test_set(
+    chosen: dict[str, tuple[Path, ConvertedCase]], raw_dataset: Path, test_spec: HoldoutSpec | None
+) -> dict[str, Any]:
+    """First iteration: the held-out patients, where and how they were chosen."""
+    spec = test_spec or HoldoutSpec()
+    patients = sorted({c.patient_id for _, c in chosen.values()})
+    return {
+        "patients": choose_test_patients(patients, spec),
+        "chosen_at": raw_dataset.name,
+        "rule": f"explicit list {list(spec.patients)}"
+        if spec.patients
+        else f"fraction {spec.fraction} of {len(patients)} patients, seed {spec.seed}",
+    }
+
+
+def _partial_label_policy(
+    chosen: dict[str, tuple[Path, ConvertedCase]],
+    test_patients: set[str],
+    missing_roi: MissingRoiPolicy,
+    raw_dataset: Path,
+    roi_yaml: Path,
+) -> bool:
+    """Whether the dataset needs the ignore label; :class:`ConversionError` when the policy is error."""
     partial = [c for _, c in chosen.values() if c.missing_rois and c.patient_id not in test_patients]
     if partial and missing_roi is MissingRoiPolicy.ERROR:
         raise ConversionError(
@@ -197,75 +278,71 @@ def assemble_dataset(
             + "\nAnnotate the missing structures in a later snapshot, or set datasets.<name>.missing_roi "
             "to ignore (train with nnU-Net's ignore label) or drop."
         )
-    use_ignore = bool(partial) and missing_roi is MissingRoiPolicy.IGNORE
-    if use_ignore:
-        labels[IGNORE_LABEL] = max(labels.values()) + 1
-    prev_cases = {c["case_id"]: c for c in (previous or {}).get("records", [])}
-    if raw_dataset.exists():
-        shutil.rmtree(raw_dataset)
-    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-        (raw_dataset / sub).mkdir(parents=True)
-    records: list[dict[str, Any]] = []
-    for cid, (folder, case) in sorted(chosen.items()):
-        split = "test" if case.patient_id in test_patients else "train"
-        handling = "complete"
-        if case.missing_rois:
-            handling = "scored on drawn ROIs only" if split == "test" else f"missing_roi={missing_roi.value}"
-        record: dict[str, Any] = {
-            **asdict(case),
-            "split": split,
-            "change": _change(case, prev_cases),
-            "superseded": superseded.get(cid, []),
-            "converted_label": str(folder / case.label),  # faithful to the annotation (no ignore label)
-            "why": f"newest annotation of the series (snapshot {case.snapshot}); {case.selection}",
-            "partial_labels": handling,
-        }
-        if split == "train" and case.missing_rois and missing_roi is MissingRoiPolicy.DROP:
-            record["split"] = "dropped"
-            logger.warning(
-                "case %s (%s): lacks %s; dropped from training", cid, case.patient_id, case.missing_rois
-            )
-            records.append(record)
-            continue
-        kind = "Ts" if split == "test" else "Tr"
-        image_dst = raw_dataset / f"images{kind}" / f"{cid}_0000.nii.gz"
-        label_dst = raw_dataset / f"labels{kind}" / f"{cid}.nii.gz"
-        link_or_copy(folder / case.image, image_dst)
-        if split == "train" and case.missing_rois and use_ignore:
-            record["ignored_voxels"] = _write_with_ignore(
-                folder / case.label, label_dst, labels[IGNORE_LABEL]
-            )
-            logger.info(
-                "case %s (%s): lacks %s; unlabelled voxels -> ignore label",
-                cid,
-                case.patient_id,
-                case.missing_rois,
-            )
-        else:
-            link_or_copy(folder / case.label, label_dst)
-        record["raw_image"], record["raw_label"] = str(image_dst), str(label_dst)
-        records.append(record)
-    train = [r for r in records if r["split"] == "train"]
-    if not train:
-        raise ConversionError(
-            f"{raw_dataset.name}: no training case left (test patients {sorted(test_patients)}, "
-            f"{sum(r['split'] == 'dropped' for r in records)} dropped for missing ROIs). Add annotated "
-            "cases or lower the test fraction."
-        )
-    dataset_json = {
-        "channel_names": {"0": modality},
-        "labels": labels,
-        "numTraining": len(train),
-        "file_ending": ".nii.gz",
-        "name": raw_dataset.name,
-        "description": "assembled by iterseg from snapshots "
-        + ", ".join(sorted({r["snapshot"] for r in records})),
+    return bool(partial) and missing_roi is MissingRoiPolicy.IGNORE
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where and how the cases of one raw dataset are placed."""
+
+    raw_dataset: Path
+    test_patients: set[str]
+    missing_roi: MissingRoiPolicy
+    use_ignore: bool
+    labels: dict[str, int]
+
+
+def _place_case(
+    folder: Path, case: ConvertedCase, placement: _Placement, change: str, superseded: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Link (or write, with the ignore label) one case into the raw dataset; return its record."""
+    cid, missing_roi = case.case_id, placement.missing_roi
+    split = "test" if case.patient_id in placement.test_patients else "train"
+    handling = "complete"
+    if case.missing_rois:
+        handling = "scored on drawn ROIs only" if split == "test" else f"missing_roi={missing_roi.value}"
+    record: dict[str, Any] = {
+        **asdict(case),
+        "split": split,
+        "change": change,
+        "superseded": superseded,
+        "converted_label": str(folder / case.label),  # faithful to the annotation (no ignore label)
+        "why": f"newest annotation of the series (snapshot {case.snapshot}); {case.selection}",
+        "partial_labels": handling,
     }
-    (raw_dataset / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
-    own = read_cases(converted_dirs[-1])
+    if split == "train" and case.missing_rois and missing_roi is MissingRoiPolicy.DROP:
+        record["split"] = "dropped"
+        logger.warning(
+            "case %s (%s): lacks %s; dropped from training", cid, case.patient_id, case.missing_rois
+        )
+        return record
+    kind = "Ts" if split == "test" else "Tr"
+    image_dst = placement.raw_dataset / f"images{kind}" / f"{cid}_0000.nii.gz"
+    label_dst = placement.raw_dataset / f"labels{kind}" / f"{cid}.nii.gz"
+    link_or_copy(folder / case.image, image_dst)
+    if split == "train" and case.missing_rois and placement.use_ignore:
+        record["ignored_voxels"] = _write_with_ignore(
+            folder / case.label, label_dst, placement.labels[IGNORE_LABEL]
+        )
+        logger.info(
+            "case %s (%s): lacks %s; unlabelled voxels -> ignore label",
+            cid,
+            case.patient_id,
+            case.missing_rois,
+        )
+    else:
+        link_or_copy(folder / case.label, label_dst)
+    record["raw_image"], record["raw_label"] = str(image_dst), str(label_dst)
+    return record
+
+
+def _summary(
+    records: list[dict[str, Any]], own: list[ConvertedCase], missing_roi: MissingRoiPolicy, raw_dataset: Path
+) -> dict[str, Any]:
+    """The iteration's counts (logged); ``own``: the cases of the iteration's own snapshot."""
     lacking = Counter(roi for r in records if r["split"] != "test" for roi in r["missing_rois"])
     summary = {
-        "train": len(train),
+        "train": sum(r["split"] == "train" for r in records),
         "test": sum(r["split"] == "test" for r in records),
         "dropped": sum(r["split"] == "dropped" for r in records),
         "new": sum(r["change"] == "new" for r in records),
@@ -291,15 +368,4 @@ def assemble_dataset(
         dict(lacking) or "",
         missing_roi.value,
     )
-    return {
-        "dataset_name": raw_dataset.name,
-        "raw": str(raw_dataset),
-        # the snapshots trained on: the manifest lists the cases their conversion skipped
-        "converted": [str(d) for d in converted_dirs],
-        "labels": labels,
-        "cases": [r["case_id"] for r in train],
-        "test_cases": [r["case_id"] for r in records if r["split"] == "test"],
-        "test_set": test_set,
-        "summary": summary,
-        "records": records,
-    }
+    return summary

@@ -24,7 +24,7 @@ import numpy as np
 import pydicom
 
 from iterseg.dicom.series import contour_points, read_dataset, sort_by_position
-from iterseg.errors import ConversionError
+from iterseg.errors import ConversionError, DicomReadError
 
 logger = logging.getLogger(__name__)
 
@@ -262,28 +262,20 @@ def check_case(
         The image files' headers in the same order, if already read.
 
     """
-    import SimpleITK as sitk
-
     headers = (
         list(source)
         if source is not None
         else [read_dataset(f, stop_before_pixels=True) for f in image_files]
     )
-    source, _ = sort_by_position(headers, list(image_files))
-    label_image = sitk.ReadImage(str(label_file))
-    order = _slice_index(label_image, source, label_file)
-    converted = sitk.GetArrayFromImage(label_image)
-    del label_image  # one copy of the converted map, not two
-    if order != list(range(len(order))) or len(order) != converted.shape[0]:
-        converted = converted[order]
+    try:
+        source, _ = sort_by_position(headers, list(image_files))
+    except DicomReadError as exc:
+        raise ConversionError(f"{exc} (image series of patient {patient_id})") from exc
+    converted = _converted_in_source_order(label_file, source)
     region = strategy == "region_mask"
-    wide = len(roi_labels) > (8 if region else 255)
-    expected = np.zeros(converted.shape, (np.uint32 if region else np.uint16) if wide else np.uint8)
-    band: dict[int, np.ndarray] = {}
-    if annotation_kind == "SEG":
-        drawn_slices = expected_from_seg(annotation_file, source, roi_labels, expected, strategy)
-    else:
-        band, drawn_slices = expected_from_rtstruct(annotation_file, source, roi_labels, expected, strategy)
+    expected, band, drawn_slices = _expected_labels(
+        annotation_kind, annotation_file, source, roi_labels, strategy, converted.shape
+    )
     if band and not region:  # the shared band covers labels without a contour too
         band = dict.fromkeys(range(1, len(roi_labels) + 1), next(iter(band.values())))
     return [
@@ -298,6 +290,39 @@ def check_case(
         )
         for value, name in enumerate(roi_labels, start=1)
     ]
+
+
+def _converted_in_source_order(label_file: Path, source: Sequence[pydicom.Dataset]) -> np.ndarray:
+    """The converted label map, its slices reordered to follow ``source`` (sorted) where they do not."""
+    import SimpleITK as sitk
+
+    label_image = sitk.ReadImage(str(label_file))
+    order = _slice_index(label_image, source, label_file)
+    converted = sitk.GetArrayFromImage(label_image)
+    del label_image  # one copy of the converted map, not two
+    if order != list(range(len(order))) or len(order) != converted.shape[0]:
+        converted = converted[order]
+    return converted
+
+
+def _expected_labels(
+    annotation_kind: str,
+    annotation_file: Path,
+    source: Sequence[pydicom.Dataset],
+    roi_labels: dict[str, list[str]],
+    strategy: str,
+    shape: tuple[int, ...],
+) -> tuple[np.ndarray, dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """The label map the annotation draws by the independent reading, its tolerated band, its drawn slices."""
+    region = strategy == "region_mask"
+    wide = len(roi_labels) > (8 if region else 255)
+    expected = np.zeros(shape, (np.uint32 if region else np.uint16) if wide else np.uint8)
+    band: dict[int, np.ndarray] = {}
+    if annotation_kind == "SEG":
+        drawn_slices = expected_from_seg(annotation_file, source, roi_labels, expected, strategy)
+    else:
+        band, drawn_slices = expected_from_rtstruct(annotation_file, source, roi_labels, expected, strategy)
+    return expected, band, drawn_slices
 
 
 def _compare(

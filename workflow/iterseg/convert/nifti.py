@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import gzip
 import logging
-import os
 from pathlib import Path
 from typing import Any
+
+from iterseg.paths import partial_path
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,8 @@ def write_nifti(image: Any, path: Path) -> None:
     """
     import SimpleITK as sitk
 
-    raw = path.with_name(f".{path.name}.{os.getpid()}.nii")
-    packed = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    packed = partial_path(path)
+    raw = packed.with_name(packed.name + ".nii")  # SimpleITK chooses the format by the extension
     try:
         sitk.WriteImage(image, str(raw), useCompression=False)
         _gzip_members(raw, packed)

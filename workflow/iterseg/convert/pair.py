@@ -24,7 +24,7 @@ from iterseg.dicom.geometry import series_grid
 from iterseg.dicom.rtstruct_reader import read_rtstruct
 from iterseg.dicom.seg_reader import read_seg
 from iterseg.dicom.series import ImageSeries, read_dataset, sort_by_position
-from iterseg.errors import ConversionError, PredictionError
+from iterseg.errors import ConversionError, DicomReadError
 from iterseg.roi import label_values
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def _image_series(job: PairJob) -> tuple[ImageSeries, SliceGrid]:
     headers = [read_dataset(f, stop_before_pixels=True) for f in job.image_files]
     try:
         datasets, files = sort_by_position(headers, list(job.image_files))
-    except PredictionError as exc:
+    except DicomReadError as exc:
         raise ConversionError(f"{exc} (image series of patient {job.patient_id})") from exc
     series = ImageSeries(str(datasets[0].SeriesInstanceUID), job.patient_id, tuple(files), tuple(datasets))
     grid = series_grid(series)
@@ -156,7 +156,7 @@ def convert_pair(job: PairJob) -> PairResult:
                 source=series.datasets,
             )
             written.result()
-        except ConversionError as exc:  # GeometryError too
+        except (ConversionError, DicomReadError) as exc:  # GeometryError too; the readers' own errors
             _discard(writer, job)
             return PairResult(job.case_id, error=str(exc))
         except (OSError, MemoryError) as exc:

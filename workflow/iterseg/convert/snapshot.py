@@ -10,13 +10,12 @@ med-imagetools' nnU-Net pipeline, and why, is in the README ("Conversion and med
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
 import shutil
 import unicodedata
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,15 @@ from iterseg.convert.pair import PairJob, PairResult, convert_pair
 from iterseg.errors import ConversionError
 from iterseg.rawdata.archives import unpack_snapshot_archives
 from iterseg.rawdata.fingerprint import SNAPSHOT_RECORD, record_snapshot
+from iterseg.records import (
+    ConversionCheck,
+    ConvertedCase,
+    ConvertedCases,
+    ExcludedAnnotation,
+    ExcludedAnnotations,
+    read_record,
+    write_record,
+)
 from iterseg.roi import load_roi_yaml, matching_labels
 from iterseg.skipped import SKIPPED_FILE, BadCasePolicy, SkippedCase, Stage, write_skipped
 
@@ -44,35 +52,6 @@ CHECK_FILE = "check.json"
 EXCLUDED_FILE = "excluded.json"
 # Part of every reuse key: bump when a change here alters what conversion writes.
 CONVERTER_VERSION = "3"
-
-
-@dataclass(frozen=True)
-class ConvertedCase:
-    """One annotated image series of one snapshot, converted to NIfTI (or reused)."""
-
-    case_id: str
-    patient_id: str
-    study_uid: str
-    image_series_uid: str
-    annotation_kind: str
-    annotation_series_uid: str
-    snapshot: str
-    image: str  # relative to the converted folder
-    label: str
-    image_hash: str = ""
-    annotation_hash: str = ""
-    image_files: list[str] = field(default_factory=list)
-    image_sop_uids: list[str] = field(default_factory=list)
-    annotation_files: list[str] = field(default_factory=list)
-    annotation_sop_uids: list[str] = field(default_factory=list)
-    annotation_datetime: str = ""
-    selection: str = ""  # why this annotation was chosen within its snapshot
-    labels_present: list[str] = field(default_factory=list)
-    missing_rois: list[str] = field(default_factory=list)
-    empty_labels: list[str] = field(default_factory=list)  # drawn (declared) but holding no voxel
-    key: str = ""  # content of image + annotation + conversion settings
-    conversion: str = "converted"  # or "reused"
-    reused_from: str | None = None  # snapshot date whose NIfTI was reused
 
 
 def case_id(patient_id: str, image_series_uid: str) -> str:
@@ -264,33 +243,100 @@ def convert_snapshot(
         case: file, cause, fix), or the conversion check finds a difference.
 
     """
+    # 61-80 lines: the docstring is most of it; the body is the list of phases
     roi_labels = load_roi_yaml(roi_yaml)
     earlier, earlier_images = _earlier_index(reuse_from or [])
+    selected, excluded, problems = _select(
+        snapshot, out, modality, allow_unrefined, duplicates, earlier_images
+    )
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "cases").mkdir(parents=True)
+    settings = _Settings(snapshot.name.split("__")[0], roi_labels, roi_yaml, modality, mask_saving_strategy)
+    pendings, reused, reused_checks = _reuse_unchanged(selected, earlier, settings, out, problems)
+    write_record(out / EXCLUDED_FILE, ExcludedAnnotations(tuple(excluded)))
+    logger.info(
+        "%s: converting %d %s pair(s), %d reused", snapshot.name, len(pendings), modality, len(reused)
+    )
+    new = _convert_pending(snapshot, out, pendings, settings, jobs, reused_checks, problems)
+    converted = sorted(reused + new, key=lambda c: c.case_id)
+    _settle_problems(snapshot, out, problems, converted, on_bad_case)
+    # last before cases.json: a run stopped in between leaves no cases.json, so it converts again
+    record_snapshot(snapshot, out / SNAPSHOT_RECORD)
+    write_record(out / CASES_FILE, ConvertedCases(tuple(converted)))
+    _log_outcome(snapshot, converted, len(new), len(problems))
+    return converted
+
+
+def _log_outcome(snapshot: Path, converted: list[ConvertedCase], new: int, skipped: int) -> None:
+    partial = [c for c in converted if c.missing_rois]
+    logger.info(
+        "%s: %d case(s): %d converted, %d reused unchanged, %d skipped; %d lack some ROI (%s)",
+        snapshot.name,
+        len(converted),
+        new,
+        len(converted) - new,
+        skipped,
+        len(partial),
+        ", ".join(f"{c.patient_id}: {'+'.join(c.missing_rois)}" for c in partial) or "none",
+    )
+
+
+def _select(
+    snapshot: Path,
+    out: Path,
+    modality: str,
+    allow_unrefined: bool,
+    duplicates: DuplicateRule,
+    earlier_images: dict[str, SeriesInfo],
+) -> tuple[dict[str, Selection], list[ExcludedAnnotation], list[CaseProblem]]:
+    """Phase 0: unpack the snapshot's archives and choose its annotations (``select_annotations``)."""
     refused: list[tuple[Path, str]] = []
     unpacked = unpack_snapshot_archives(snapshot, out.parent / "unpacked", refused=refused)
     selected, excluded, problems = select_annotations(
         snapshot, modality, allow_unrefined, duplicates, earlier_images, unpacked
     )
     problems += [CaseProblem("", str(archive), message) for archive, message in refused]
-    if out.exists():
-        shutil.rmtree(out)
-    (out / "cases").mkdir(parents=True)
-    date = snapshot.name.split("__")[0]
-    converted: list[ConvertedCase] = []
-    reused_checks: list[dict[str, Any]] = []
+    return selected, excluded, problems
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What every pair of one conversion shares."""
+
+    date: str  # the snapshot's
+    roi_labels: dict[str, list[str]]
+    roi_yaml: Path
+    modality: str
+    strategy: str  # the mask saving strategy
+
+
+def _reuse_unchanged(
+    selected: dict[str, Selection],
+    earlier: dict[str, tuple[Path, ConvertedCase]],
+    settings: _Settings,
+    out: Path,
+    problems: list[CaseProblem],
+) -> tuple[list[_Pending], list[ConvertedCase], list[dict[str, Any]]]:
+    """Phase 1: link the pairs converted before, unchanged; the rest to convert (problems appended).
+
+    Returns the pairs to convert, the reused cases and the check rows of the reused cases.
+    """
     pendings: list[_Pending] = []
+    reused: list[ConvertedCase] = []
+    reused_checks: list[dict[str, Any]] = []
     for sel in selected.values():
-        problem = _pair_problem(sel, roi_labels, roi_yaml)
+        problem = _pair_problem(sel, settings.roi_labels, settings.roi_yaml)
         if problem is not None:
             problems.append(problem)
             continue
         image_hash, ann_hash = content_hash(sel.image.files), content_hash(sel.annotation.files)
         pending = _Pending(
             sel,
-            tuple(present_labels(sel.annotation, roi_labels)),
+            tuple(present_labels(sel.annotation, settings.roi_labels)),
             image_hash,
             ann_hash,
-            reuse_key(image_hash, ann_hash, roi_yaml, modality, mask_saving_strategy),
+            reuse_key(image_hash, ann_hash, settings.roi_yaml, settings.modality, settings.strategy),
         )
         hit = earlier.get(pending.key)
         if hit is None:
@@ -299,8 +345,8 @@ def convert_snapshot(
         folder, old = hit
         record = _record(
             pending,
-            date,
-            roi_labels,
+            settings.date,
+            settings.roi_labels,
             conversion="reused",
             reused_from=old.reused_from or old.snapshot,
             empty_labels=old.empty_labels,
@@ -309,19 +355,30 @@ def convert_snapshot(
         link_or_copy(folder / old.label, out / record.label)
         reused_checks += [
             {**row, "reused_from": record.reused_from}
-            for row in json.loads((folder / CHECK_FILE).read_text())["rois"]
+            for row in read_record(folder / CHECK_FILE, ConversionCheck).rois
             if row["case_id"] == old.case_id
         ]
-        converted.append(record)
+        reused.append(record)
         logger.info("patient %s: unchanged since %s, NIfTI reused", sel.image.patient_id, record.reused_from)
-    (out / EXCLUDED_FILE).write_text(json.dumps([asdict(e) for e in excluded], indent=2))
-    logger.info(
-        "%s: converting %d %s pair(s), %d reused", snapshot.name, len(pendings), modality, len(converted)
+    return pendings, reused, reused_checks
+
+
+def _convert_pending(
+    snapshot: Path,
+    out: Path,
+    pendings: list[_Pending],
+    settings: _Settings,
+    jobs: int,
+    reused_checks: list[dict[str, Any]],
+    problems: list[CaseProblem],
+) -> list[ConvertedCase]:
+    """Phase 2: convert and check the new pairs; the cases that passed (the rest appended to ``problems``)."""
+    pendings = sorted(
+        pendings, key=lambda p: case_id(p.selection.image.patient_id, p.selection.image.series_uid)
     )
-    pendings.sort(key=lambda p: case_id(p.selection.image.patient_id, p.selection.image.series_uid))
-    results = _run_pairs(_jobs(pendings, out, roi_labels, mask_saving_strategy), jobs)
+    results = _run_pairs(_jobs(pendings, out, settings.roi_labels, settings.strategy), jobs)
     new = [
-        _record(p, date, roi_labels, empty_labels=list(r.empty_labels))
+        _record(p, settings.date, settings.roi_labels, empty_labels=list(r.empty_labels))
         for p, r in zip(pendings, results, strict=True)
         if not r.error
     ]
@@ -339,24 +396,7 @@ def convert_snapshot(
     annotation_of = {c.case_id: (c.annotation_files[0], c.image_series_uid) for c in new}
     problems += _mismatch_problems(mismatched, annotation_of, out)
     dropped = {c.case_id for c in mismatched}
-    new = [c for c in new if c.case_id not in dropped]
-    converted = sorted(converted + new, key=lambda c: c.case_id)
-    _settle_problems(snapshot, out, problems, converted, on_bad_case)
-    # last before cases.json: a run stopped in between leaves no cases.json, so it converts again
-    record_snapshot(snapshot, out / SNAPSHOT_RECORD)
-    (out / CASES_FILE).write_text(json.dumps([asdict(c) for c in converted], indent=2))
-    partial = [c for c in converted if c.missing_rois]
-    logger.info(
-        "%s: %d case(s): %d converted, %d reused unchanged, %d skipped; %d lack some ROI (%s)",
-        snapshot.name,
-        len(converted),
-        len(new),
-        len(converted) - len(new),
-        len(problems),
-        len(partial),
-        ", ".join(f"{c.patient_id}: {'+'.join(c.missing_rois)}" for c in partial) or "none",
-    )
-    return converted
+    return [c for c in new if c.case_id not in dropped]
 
 
 def _pair_problem(sel: Selection, roi_labels: dict[str, list[str]], roi_yaml: Path) -> CaseProblem | None:
@@ -486,17 +526,17 @@ def report_check(
     checks = [c for r in results for c in r.checks]
     voxels = sum(r.voxels for r in results)
     bad = [c for c in checks if not c.ok]
-    report = {
-        "snapshot": snapshot.name,
-        "cases": len(results),
-        "rois_compared": len(checks),
-        "voxels_compared": voxels,
-        "mismatches": len(bad),
-        "rtstruct_tolerance": RTSTRUCT_TOLERANCE,
-        "reused_cases": len({r["case_id"] for r in reused or []}),
-        "rois": [{**asdict(c), "ok": c.ok} for c in checks] + list(reused or []),
-    }
-    (out / CHECK_FILE).write_text(json.dumps(report, indent=2))
+    report = ConversionCheck(
+        snapshot=snapshot.name,
+        cases=len(results),
+        rois_compared=len(checks),
+        voxels_compared=voxels,
+        mismatches=len(bad),
+        rtstruct_tolerance=RTSTRUCT_TOLERANCE,
+        reused_cases=len({r["case_id"] for r in reused or []}),
+        rois=tuple([{**asdict(c), "ok": c.ok} for c in checks] + list(reused or [])),
+    )
+    write_record(out / CHECK_FILE, report)
     logger.info(
         "conversion check %s: %d case(s), %d ROI(s), %d voxels compared, %d mismatch(es)",
         snapshot.name,
@@ -520,7 +560,7 @@ def sitk_size(path: Path) -> tuple[int, ...]:
 
 def read_cases(converted_dir: Path) -> list[ConvertedCase]:
     """Load a converted snapshot's ``cases.json``."""
-    return [ConvertedCase(**c) for c in json.loads((converted_dir / CASES_FILE).read_text())]
+    return list(read_record(converted_dir / CASES_FILE, ConvertedCases).cases)
 
 
 def link_or_copy(src: Path, dst: Path) -> None:

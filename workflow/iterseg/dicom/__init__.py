@@ -7,8 +7,7 @@ geometry         the voxel grid of a sorted series and the checks a SEG export n
 canvas           the grid an annotation is drawn onto and the label map it is drawn into
 seg_reader       DICOM-SEG (BINARY, FRACTIONAL, LABELMAP) -> label map
 rtstruct_reader  RTSTRUCT -> label map, holes kept
-seg_writer       label map -> DICOM-SEG with highdicom
-label_export     a label image file + its series -> DICOM-SEG (``iterseg export-seg``)
+seg_writer       label map or label image file + its series -> DICOM-SEG (``iterseg export-seg``, predict)
 codes            coded values of segments (SNOMED CT)
 """
 
@@ -16,7 +15,6 @@ __all__ = [
     "canvas",
     "codes",
     "geometry",
-    "label_export",
     "rtstruct_reader",
     "seg_reader",
     "seg_writer",

@@ -51,38 +51,10 @@ def series_grid(series: ImageSeries) -> Grid:
     normal = slice_normal(first)
     rows, cols = int(first.Rows), int(first.Columns)
     row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
-    for ds, path in zip(datasets, series.files, strict=True):
-        if not np.allclose(np.asarray(ds.ImageOrientationPatient, float), iop, atol=1e-4):
-            raise GeometryError(
-                f"{where}: {path.name} has another ImageOrientationPatient; mixed orientations: keep one "
-                "acquisition per series folder."
-            )
-        if (int(ds.Rows), int(ds.Columns)) != (rows, cols) or not np.allclose(
-            [float(v) for v in ds.PixelSpacing], [row_spacing, col_spacing], rtol=1e-4
-        ):
-            raise GeometryError(
-                f"{where}: {path.name} has another matrix or pixel size than the first slice; the series "
-                "mixes acquisitions: re-export it, or keep one acquisition per series."
-            )
+    _check_planes(series, where, iop, (rows, cols), (row_spacing, col_spacing))
     positions = np.array([np.asarray(ds.ImagePositionPatient, float) for ds in datasets])
     if len(datasets) > 1:
-        steps = np.diff(positions, axis=0)
-        along = steps @ normal
-        across = np.linalg.norm(steps - np.outer(along, normal), axis=1)
-        if np.max(across) > TOLERANCE * min(row_spacing, col_spacing):
-            raise GeometryError(
-                f"{where}: slices are offset across the slice normal by up to {np.max(across):.2f} mm "
-                "(gantry tilt); a SEG of it would be misplaced. Resample the series to an untilted "
-                "grid first (e.g. 3D Slicer's or dcm2niix's tilt correction) and annotate that."
-            )
-        spacing = float(np.median(along))
-        if np.max(np.abs(along - spacing)) > TOLERANCE * spacing:
-            gaps = ", ".join(f"{v:.3f}" for v in np.unique(np.round(along, 3)))
-            raise GeometryError(
-                f"{where}: slice spacing is uneven ({gaps} mm); "
-                "a slice is missing or the series mixes acquisitions; re-export the complete series from "
-                "the scanner or PACS, or leave it out of the snapshot."
-            )
+        spacing = _slice_spacing(positions, normal, where, min(row_spacing, col_spacing))
     else:
         spacing = float(
             getattr(first, "SpacingBetweenSlices", 0) or getattr(first, "SliceThickness", 0) or 1.0
@@ -94,6 +66,51 @@ def series_grid(series: ImageSeries) -> Grid:
         origin=tuple(float(v) for v in positions[0]),  # type: ignore[arg-type]
         direction=tuple(float(v) for v in direction.ravel()),
     )
+
+
+def _check_planes(
+    series: ImageSeries,
+    where: str,
+    iop: np.ndarray,
+    matrix: tuple[int, int],
+    pixel_spacing: tuple[float, float],
+) -> None:
+    """Every slice has the first one's orientation, matrix and pixel size."""
+    for ds, path in zip(series.datasets, series.files, strict=True):
+        if not np.allclose(np.asarray(ds.ImageOrientationPatient, float), iop, atol=1e-4):
+            raise GeometryError(
+                f"{where}: {path.name} has another ImageOrientationPatient; mixed orientations: keep one "
+                "acquisition per series folder."
+            )
+        if (int(ds.Rows), int(ds.Columns)) != matrix or not np.allclose(
+            [float(v) for v in ds.PixelSpacing], list(pixel_spacing), rtol=1e-4
+        ):
+            raise GeometryError(
+                f"{where}: {path.name} has another matrix or pixel size than the first slice; the series "
+                "mixes acquisitions: re-export it, or keep one acquisition per series."
+            )
+
+
+def _slice_spacing(positions: np.ndarray, normal: np.ndarray, where: str, pixel: float) -> float:
+    """The spacing of slices at ``positions`` (two or more), refused when tilted or uneven."""
+    steps = np.diff(positions, axis=0)
+    along = steps @ normal
+    across = np.linalg.norm(steps - np.outer(along, normal), axis=1)
+    if np.max(across) > TOLERANCE * pixel:
+        raise GeometryError(
+            f"{where}: slices are offset across the slice normal by up to {np.max(across):.2f} mm "
+            "(gantry tilt); a SEG of it would be misplaced. Resample the series to an untilted "
+            "grid first (e.g. 3D Slicer's or dcm2niix's tilt correction) and annotate that."
+        )
+    spacing = float(np.median(along))
+    if np.max(np.abs(along - spacing)) > TOLERANCE * spacing:
+        gaps = ", ".join(f"{v:.3f}" for v in np.unique(np.round(along, 3)))
+        raise GeometryError(
+            f"{where}: slice spacing is uneven ({gaps} mm); "
+            "a slice is missing or the series mixes acquisitions; re-export the complete series from "
+            "the scanner or PACS, or leave it out of the snapshot."
+        )
+    return spacing
 
 
 def same_grid(image: object, grid: Grid) -> bool:

@@ -20,7 +20,7 @@ import pydicom
 
 from iterseg.dicom.canvas import LabelCanvas, SliceGrid
 from iterseg.dicom.series import contour_points, read_dataset
-from iterseg.errors import ConversionError
+from iterseg.errors import DicomReadError
 from iterseg.roi import match_roi_name
 
 logger = logging.getLogger(__name__)
@@ -89,11 +89,47 @@ def _missing_slices(rt: pydicom.Dataset, grid: SliceGrid, rt_path: Path, numbers
                     missing[uid] = None
     if missing:
         shown = ", ".join(list(missing)[:_SHOWN]) + (", ..." if len(missing) > _SHOWN else "")
-        raise ConversionError(
+        raise DicomReadError(
             f"{rt_path}: RTSTRUCT draws on {len(missing)} slice(s) that are not in image series "
             f"{grid.series_uid} ({grid.folder}): SOP instance(s) {shown}. The export lost them; add the "
             "missing slices to the snapshot (re-export the complete series) or remove the RTSTRUCT."
         )
+
+
+def _closed_contours(roi: pydicom.Dataset, rt_path: Path, name: str, label: str) -> list[pydicom.Dataset]:
+    """The ROI's contours, all of them closed; open ones (OPEN_PLANAR, POINT) are refused."""
+    contours = list(getattr(roi, "ContourSequence", []))
+    kinds = [str(getattr(c, "ContourGeometricType", "CLOSED_PLANAR")) for c in contours]
+    open_kinds = sorted({k for k in kinds if k != "CLOSED_PLANAR"})
+    if open_kinds:
+        # dropping them would train the label with holes where those lines were drawn
+        raise DicomReadError(
+            f"{rt_path}: ROI {name} (label {label}) has "
+            f"{sum(k != 'CLOSED_PLANAR' for k in kinds)} {'/'.join(open_kinds)} contour(s), which "
+            "enclose no area; close them in the planning system (CLOSED_PLANAR) and export again, "
+            "or leave the ROI out of the ROI YAML."
+        )
+    return contours
+
+
+def _polygons_per_slice(
+    contours: list[pydicom.Dataset], grid: SliceGrid, rt_path: Path, name: str
+) -> dict[int, list[np.ndarray]]:
+    """Slice index -> the (row, column) polygons of the ROI's contours on it."""
+    fix = "Re-export the RTSTRUCT from the planning system on this image series."
+    per_slice: dict[int, list[np.ndarray]] = defaultdict(list)
+    for contour in contours:
+        points = contour_points(contour)
+        index = grid.to_index(points)
+        k = grid.slice_of_plane(
+            points[0],
+            f"{rt_path}: a contour of ROI {name}",
+            fix,
+            corner=False,
+            tolerance=PLANE_TOLERANCE,
+        )
+        per_slice[k].append(index[:, [1, 0]])  # (row, column)
+    return per_slice
 
 
 def read_rtstruct(
@@ -119,9 +155,11 @@ def read_rtstruct(
 
     Raises
     ------
-    ConversionError
+    DicomReadError
         When contours reference image instances absent from the series (named, with their
-        count), lie off its slice planes, or a label's ROI has open (OPEN_PLANAR, POINT) contours.
+        count), or a label's ROI has open (OPEN_PLANAR, POINT) contours.
+    GeometryError
+        When contours lie off the series' slice planes.
 
     """
     rt = read_dataset(rt_path)
@@ -133,35 +171,12 @@ def read_rtstruct(
     roi_names = {int(r.ROINumber): str(r.ROIName) for r in getattr(rt, "StructureSetROISequence", [])}
     _missing_slices(rt, grid, rt_path, set(label_of))
     drawn: set[str] = set()
-    fix = "Re-export the RTSTRUCT from the planning system on this image series."
     for roi in getattr(rt, "ROIContourSequence", []):
         number = int(roi.ReferencedROINumber)
         if number not in label_of:
             continue
-        per_slice: dict[int, list[np.ndarray]] = defaultdict(list)
-        contours = list(getattr(roi, "ContourSequence", []))
-        kinds = [str(getattr(c, "ContourGeometricType", "CLOSED_PLANAR")) for c in contours]
-        open_kinds = sorted({k for k in kinds if k != "CLOSED_PLANAR"})
-        if open_kinds:
-            # dropping them would train the label with holes where those lines were drawn
-            raise ConversionError(
-                f"{rt_path}: ROI {roi_names[number]} (label {label_of[number]}) has "
-                f"{sum(k != 'CLOSED_PLANAR' for k in kinds)} {'/'.join(open_kinds)} contour(s), which "
-                "enclose no area; close them in the planning system (CLOSED_PLANAR) and export again, "
-                "or leave the ROI out of the ROI YAML."
-            )
-        for contour in contours:
-            points = contour_points(contour)
-            index = grid.to_index(points)
-            k = grid.slice_of_plane(
-                points[0],
-                f"{rt_path}: a contour of ROI {roi_names[number]}",
-                fix,
-                corner=False,
-                tolerance=PLANE_TOLERANCE,
-            )
-            per_slice[k].append(index[:, [1, 0]])  # (row, column)
-        for k, polygons in per_slice.items():
+        contours = _closed_contours(roi, rt_path, roi_names[number], label_of[number])
+        for k, polygons in _polygons_per_slice(contours, grid, rt_path, roi_names[number]).items():
             mask = fill_even_odd(polygons, grid.rows, grid.cols)
             if mask.any():
                 drawn.add(label_of[number])

@@ -157,13 +157,36 @@ def read_seg(
     ds = read_dataset(seg_path)
     kind = SegmentationType(str(ds.SegmentationType))
     _check_plane(ds, grid, seg_path)
-    value_of: dict[int, int] = {}
-    label_of: dict[int, str] = {}
-    for segment in ds.SegmentSequence:
-        name = match_roi_name(str(segment.SegmentLabel), roi_labels)
-        if name is not None:
-            value_of[int(segment.SegmentNumber)] = canvas.values[name]
-            label_of[int(segment.SegmentNumber)] = name
+    label_of = {
+        int(segment.SegmentNumber): name
+        for segment in ds.SegmentSequence
+        if (name := match_roi_name(str(segment.SegmentLabel), roi_labels)) is not None
+    }
+    value_of = {number: canvas.values[name] for number, name in label_of.items()}
+    drawn = _draw_frames(ds, kind, value_of, grid, seg_path, canvas)
+    labels = tuple(dict.fromkeys(label_of.values()))
+    empty = tuple(name for name in labels if not any(label_of[n] == name for n in drawn))
+    for name in empty:
+        numbers = ", ".join(str(n) for n, label in label_of.items() if label == name)
+        logger.warning(
+            "%s: segment %s (label %s) is declared but empty; %s counts as drawn and empty in this case",
+            seg_path,
+            numbers,
+            name,
+            name,
+        )
+    return SegContent(labels, empty)
+
+
+def _draw_frames(
+    ds: pydicom.Dataset,
+    kind: SegmentationType,
+    value_of: dict[int, int],
+    grid: SliceGrid,
+    seg_path: Path,
+    canvas: LabelCanvas,
+) -> set[int]:
+    """Draw every frame of a wanted segment onto ``canvas``; return the segment numbers holding a pixel."""
     drawn: set[int] = set()
     per_frame = list(getattr(ds, "PerFrameFunctionalGroupsSequence", []))
     lut = np.zeros(max([*value_of, 0]) + 1 if kind is SegmentationType.LABELMAP else 1, np.int64)
@@ -192,15 +215,4 @@ def read_seg(
             continue
         drawn.add(number)
         canvas.add_mask(_frame_slice(ds, frame, index, grid, seg_path), mask, value_of[number])
-    labels = tuple(dict.fromkeys(label_of.values()))
-    empty = tuple(name for name in labels if not any(label_of[n] == name for n in drawn))
-    for name in empty:
-        numbers = ", ".join(str(n) for n, label in label_of.items() if label == name)
-        logger.warning(
-            "%s: segment %s (label %s) is declared but empty; %s counts as drawn and empty in this case",
-            seg_path,
-            numbers,
-            name,
-            name,
-        )
-    return SegContent(labels, empty)
+    return drawn

@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from iterseg.errors import PredictionError
+from iterseg.errors import DicomReadError
 
 logger = logging.getLogger(__name__)
 
@@ -215,16 +215,16 @@ def sort_by_position(
 
     Raises
     ------
-    PredictionError
+    DicomReadError
         If slices disagree on orientation, or two slices share a position.
 
     """
     if not datasets:
-        raise PredictionError("empty series")
+        raise DicomReadError("empty series")
     normal = slice_normal(datasets[0])
     for ds, path in zip(datasets, files, strict=True):
         if not np.allclose(slice_normal(ds), normal, atol=1e-4):
-            raise PredictionError(f"{path}: ImageOrientationPatient differs from the rest of its series.")
+            raise DicomReadError(f"{path}: ImageOrientationPatient differs from the rest of its series.")
     positions = np.array(
         [np.dot(np.asarray(ds.ImagePositionPatient, dtype=float), normal) for ds in datasets]
     )
@@ -232,7 +232,7 @@ def sort_by_position(
     gaps = np.diff(positions[order])
     if len(gaps) and np.min(gaps) < 1e-3:
         duplicate = files[int(order[int(np.argmin(gaps))])]
-        raise PredictionError(
+        raise DicomReadError(
             f"{duplicate}: two slices of the series share one position; remove the duplicate."
         )
     if len(gaps) and not np.allclose(gaps, gaps[0], rtol=0.01, atol=0.01):

@@ -8,7 +8,6 @@ this is a label-free signal of progress, and the quantity the loop is meant to s
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -21,6 +20,7 @@ import SimpleITK as sitk
 
 from iterseg.errors import ConversionError
 from iterseg.evaluate.metrics import UNSCORED_LABELS, dice, surface_dice
+from iterseg.records import AnnotationEffort, Predictions, read_record, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -268,10 +268,8 @@ def find_seeds(predictions: Sequence[Path]) -> dict[str, Seed]:
     """
     seeds: dict[str, Seed] = {}
     for path in sorted(predictions, key=lambda p: p.parent.name):  # dates sort in time order
-        for entry in json.loads(path.read_text()):
-            seeds[entry["series_uid"]] = Seed(
-                path.parent.name, entry["case_id"], path.parent / entry["label"]
-            )
+        for entry in read_record(path, Predictions).predictions:
+            seeds[entry.series_uid] = Seed(path.parent.name, entry.case_id, path.parent / entry.label)
     return seeds
 
 
@@ -287,9 +285,42 @@ def _on_grid(moving: sitk.Image, fixed: sitk.Image, what: str) -> sitk.Image:
     return sitk.Resample(moving, fixed, sitk.Transform(), sitk.sitkNearestNeighbor, 0, moving.GetPixelID())
 
 
+def _refined_case(
+    record: Mapping[str, Any], seed: Seed, labels: Mapping[str, int], tolerance_mm: float
+) -> CaseEffort:
+    """The effort of one assembled record against the prediction that seeded it."""
+    if "converted_label" not in record:
+        raise ConversionError(
+            f"case {record['case_id']}: assembled.json predates the annotation-effort step (no "
+            "converted_label); re-assemble it: snakemake --forcerun convert_assemble"
+        )
+    refined = sitk.ReadImage(record["converted_label"])
+    predicted = _on_grid(sitk.ReadImage(str(seed.label)), refined, f"prediction {seed.label}")
+    spacing = tuple(reversed(refined.GetSpacing()))  # numpy axis order (z, y, x)
+    return case_effort(
+        record["case_id"],
+        sitk.GetArrayViewFromImage(predicted),
+        sitk.GetArrayViewFromImage(refined),
+        labels,
+        spacing,
+        tolerance_mm,
+    )
+
+
+def _case_row(effort: CaseEffort, record: Mapping[str, Any], seed: Seed) -> dict[str, Any]:
+    """One ``annotation_effort.json`` case: the effort, and where annotation and seed came from."""
+    return {
+        **effort.as_dict(),
+        "patient_id": record["patient_id"],
+        "split": record["split"],
+        "seeded_by": {"iteration": seed.iteration, "case_id": seed.case_id, "label": str(seed.label)},
+        "annotation_files": record["annotation_files"],
+    }
+
+
 def iteration_effort(
     assembled: Mapping[str, Any], predictions: Sequence[Path], tolerance_mm: float
-) -> dict[str, Any]:
+) -> AnnotationEffort:
     """Compare every annotation new in this iteration with the earlier prediction of its series.
 
     Parameters
@@ -304,9 +335,9 @@ def iteration_effort(
 
     Returns
     -------
-    dict
-        ``{"cases": [CaseEffort.as_dict() + seeded_by, patient_id, split], "summary": ...}``; no
-        cases (and zero counts) when no prediction was refined.
+    AnnotationEffort
+        ``cases`` (each :meth:`CaseEffort.as_dict` + ``patient_id``, ``split``, ``seeded_by``,
+        ``annotation_files``) and ``summary``; no cases (and zero counts) when no prediction was refined.
 
     """
     seeds = find_seeds(predictions)
@@ -317,32 +348,9 @@ def iteration_effort(
         seed = seeds.get(record["image_series_uid"])
         if record["change"] not in ("new", "refined") or seed is None:
             continue
-        if "converted_label" not in record:
-            raise ConversionError(
-                f"case {record['case_id']}: assembled.json predates the annotation-effort step (no "
-                "converted_label); re-assemble it: snakemake --forcerun convert_assemble"
-            )
-        refined = sitk.ReadImage(record["converted_label"])
-        predicted = _on_grid(sitk.ReadImage(str(seed.label)), refined, f"prediction {seed.label}")
-        spacing = tuple(reversed(refined.GetSpacing()))  # numpy axis order (z, y, x)
-        effort = case_effort(
-            record["case_id"],
-            sitk.GetArrayViewFromImage(predicted),
-            sitk.GetArrayViewFromImage(refined),
-            labels,
-            spacing,
-            tolerance_mm,
-        )
+        effort = _refined_case(record, seed, labels, tolerance_mm)
         efforts.append(effort)
-        rows.append(
-            {
-                **effort.as_dict(),
-                "patient_id": record["patient_id"],
-                "split": record["split"],
-                "seeded_by": {"iteration": seed.iteration, "case_id": seed.case_id, "label": str(seed.label)},
-                "annotation_files": record["annotation_files"],
-            }
-        )
+        rows.append(_case_row(effort, record, seed))
     summary = summarise_effort(efforts)
     logger.info(
         "%d refined prediction(s): %s unedited, %s large edit(s), %s of their slices edited",
@@ -351,7 +359,7 @@ def iteration_effort(
         summary["large_edits"],
         summary["slices_edited"],
     )
-    return {"cases": rows, "summary": summary}
+    return AnnotationEffort(tuple(rows), summary)
 
 
 CSV_COLUMNS = (
@@ -360,14 +368,14 @@ CSV_COLUMNS = (
 )  # fmt: skip
 
 
-def write_effort(result: Mapping[str, Any], out_json: Path, out_csv: Path) -> None:
+def write_effort(result: AnnotationEffort, out_json: Path, out_csv: Path) -> None:
     """The effort as JSON (everything) and CSV (one row per case and label, for spreadsheets)."""
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    write_record(out_json, result)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
     with out_csv.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
         writer.writeheader()
-        for case in result["cases"]:
+        for case in result.cases:
             for edit in case["labels"]:
                 writer.writerow(
                     {

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +11,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from iterseg import records
 from iterseg.errors import EvaluationError
 from iterseg.evaluate.metrics import score_case, summarise
+from iterseg.nnunet.ensemble import load_ensemble
+from iterseg.records import HoldoutMetrics, HoldoutScores
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
 logger = logging.getLogger(__name__)
+
+METRICS_FILE = "test_metrics.json"
 
 
 @dataclass(frozen=True)
@@ -36,27 +39,6 @@ class HoldoutCase:
     """NIfTI reference label map, values as in dataset.json's labels (may contain the ignore value)."""
     missing_rois: tuple[str, ...] = ()
     """Label names not annotated in this case; scored as nan."""
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` with nan/inf floats as ``None`` (JSON has no NaN) and numpy scalars unwrapped."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_json(data: Mapping[str, Any], path: Path) -> None:
-    """Write ``data`` as strict JSON (nan -> null), atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
-    os.replace(partial, path)
 
 
 def _read(path: Path, what: str, case_id: str) -> sitk.Image:
@@ -86,6 +68,90 @@ def _label_dtype(labels: Mapping[str, Any]) -> type[np.unsignedinteger[Any]]:
     return np.uint8 if max(values, default=0) < 256 else np.uint16
 
 
+def _predict(
+    predictor: Any, image: sitk.Image, dtype: type[np.unsignedinteger[Any]], out: Path
+) -> np.ndarray:
+    """The ensemble's label map of ``image`` (z, y, x), also written to ``out`` on the image's grid."""
+    import SimpleITK as sitk
+
+    # SimpleITK reports spacing as (x, y, z); arrays and nnU-Net's SimpleITKIO use (z, y, x).
+    spacing_zyx = [abs(s) for s in image.GetSpacing()][::-1]
+    array = sitk.GetArrayFromImage(image)
+    seg = predictor.predict_single_npy_array(
+        array[None].astype(np.float32), {"spacing": spacing_zyx}, None, None, False
+    )
+    seg = np.asarray(seg, dtype=dtype)
+    seg_image = sitk.GetImageFromArray(seg)
+    seg_image.CopyInformation(image)
+    sitk.WriteImage(seg_image, str(out), useCompression=True)
+    return seg
+
+
+def _reference(case: HoldoutCase, image: sitk.Image, shape: tuple[int, ...]) -> np.ndarray:
+    """The case's reference label map, checked against the image it is scored on."""
+    import SimpleITK as sitk
+
+    reference_image = _read(case.label, "reference label", case.case_id)
+    reference = sitk.GetArrayFromImage(reference_image)
+    if reference.shape != shape:
+        raise EvaluationError(
+            f"test case {case.case_id}: reference label {case.label} has shape {reference.shape} "
+            f"(z, y, x) but image {case.image} has {shape}; resample the label onto the image grid."
+        )
+    if not np.allclose(reference_image.GetSpacing(), image.GetSpacing(), rtol=1e-3, atol=1e-4):
+        logger.warning(
+            "%s: reference label %s has spacing %s but image %s has %s; scoring with the image's",
+            case.case_id,
+            case.label,
+            reference_image.GetSpacing(),
+            case.image,
+            image.GetSpacing(),
+        )
+    return np.asarray(reference)
+
+
+def _score(
+    predictor: Any, case: HoldoutCase, labels: dict[str, Any], predictions_dir: Path, tolerance_mm: float
+) -> dict[str, dict[str, float]]:
+    """Predict one test case and score it against its reference (ignored voxels left out)."""
+    image = _read(case.image, "image", case.case_id)
+    if image.GetDimension() != 3:
+        raise EvaluationError(
+            f"test case {case.case_id}: image {case.image} is {image.GetDimension()}-D; "
+            "only 3-D test images are supported."
+        )
+    seg = _predict(predictor, image, _label_dtype(labels), predictions_dir / f"{case.case_id}.nii.gz")
+    reference = _reference(case, image, seg.shape)
+    ignore_value = labels.get("ignore")
+    if ignore_value is not None:
+        ignored = reference == ignore_value
+        reference = np.where(ignored, 0, reference)
+        seg = np.where(ignored, 0, seg)
+    unknown = sorted(set(case.missing_rois) - set(labels))
+    if unknown:
+        logger.warning("%s: missing ROIs %s are not labels of this model", case.case_id, unknown)
+    spacing_zyx = [abs(s) for s in image.GetSpacing()][::-1]
+    metrics = score_case(reference, seg, labels, spacing_zyx, tolerance_mm, skip=case.missing_rois)
+    logger.info(
+        "%s: dice %s",
+        case.case_id,
+        ", ".join(f"{name}={scores['dice']:.3f}" for name, scores in metrics.items()),
+    )
+    return metrics
+
+
+def _log_summary(summary: Mapping[str, Mapping[str, Any]], tolerance_mm: float) -> None:
+    for name, row in summary.items():
+        logger.info(
+            "test summary %s: dice %.3f, nsd@%gmm %.3f over %d cases",
+            name,
+            row["dice_mean"],
+            tolerance_mm,
+            row["nsd_mean"],
+            row["cases"],
+        )
+
+
 def evaluate_test_set(
     model_folder: Path,
     folds: tuple[str, ...],
@@ -93,7 +159,7 @@ def evaluate_test_set(
     cases: Sequence[HoldoutCase],
     out: Path,
     tolerance_mm: float,
-) -> dict[str, Any]:
+) -> HoldoutMetrics:
     """Predict every test case with the fold ensemble and score it against its reference.
 
     nnU-Net's environment variables must already be set by the caller.
@@ -119,10 +185,9 @@ def evaluate_test_set(
 
     Returns
     -------
-    dict[str, Any]
-        ``{"tolerance_mm", "folds", "labels", "cases": {case_id: {"patient_id", "metrics":
-        {label: {"dice", "nsd"}}}}, "summary"}`` as written to ``out/test_metrics.json``
-        (there with nan as null).
+    HoldoutMetrics
+        The record written to ``out/test_metrics.json`` (``tolerance_mm``, ``folds``, ``labels``,
+        per case its ``patient_id`` and label -> ``{"dice", "nsd"}``, and the ``summary``).
 
     Raises
     ------
@@ -130,103 +195,88 @@ def evaluate_test_set(
         If a case's image or label cannot be read, is not 3-D, or the two differ in shape.
 
     """
+    # long only for its parameter docs: the body is load, score each case, summarise, write
     if not cases:
-        logger.warning("no test cases; writing empty test metrics to %s", out / "test_metrics.json")
-        empty: dict[str, Any] = {
-            "tolerance_mm": tolerance_mm,
-            "folds": list(folds),
-            "labels": _model_labels(model_folder),
-            "cases": {},
-            "summary": {},
-        }
-        write_json(empty, out / "test_metrics.json")
+        logger.warning("no test cases; writing empty test metrics to %s", out / METRICS_FILE)
+        empty = HoldoutMetrics(tolerance_mm, tuple(folds), _model_labels(model_folder), {}, {})
+        records.write_record(out / METRICS_FILE, empty)
         return empty
 
-    import SimpleITK as sitk
-    import torch
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from tqdm import tqdm
 
-    predictor = nnUNetPredictor(
-        device=torch.device(device), perform_everything_on_device=device != "cpu", allow_tqdm=False
-    )
-    predictor.initialize_from_trained_model_folder(
-        str(model_folder), use_folds=tuple(f if f == "all" else int(f) for f in folds)
-    )
+    predictor = load_ensemble(model_folder, folds, device)
     labels: dict[str, Any] = dict(predictor.dataset_json["labels"])
-    ignore_value = labels.get("ignore")
-    dtype = _label_dtype(labels)
     predictions_dir = out / "test_predictions"
     predictions_dir.mkdir(parents=True, exist_ok=True)
-
     per_case: dict[str, dict[str, dict[str, float]]] = {}
-    results: dict[str, Any] = {}
     for case in tqdm(cases, desc="evaluate", unit="case", disable=None):
-        image = _read(case.image, "image", case.case_id)
-        if image.GetDimension() != 3:
-            raise EvaluationError(
-                f"test case {case.case_id}: image {case.image} is {image.GetDimension()}-D; "
-                "only 3-D test images are supported."
-            )
-        # SimpleITK reports spacing as (x, y, z); arrays and nnU-Net's SimpleITKIO use (z, y, x).
-        spacing_zyx = [abs(s) for s in image.GetSpacing()][::-1]
-        array = sitk.GetArrayFromImage(image)
-        seg = predictor.predict_single_npy_array(
-            array[None].astype(np.float32), {"spacing": spacing_zyx}, None, None, False
-        )
-        seg = np.asarray(seg, dtype=dtype)
-        seg_image = sitk.GetImageFromArray(seg)
-        seg_image.CopyInformation(image)
-        sitk.WriteImage(seg_image, str(predictions_dir / f"{case.case_id}.nii.gz"), useCompression=True)
-
-        reference_image = _read(case.label, "reference label", case.case_id)
-        reference = sitk.GetArrayFromImage(reference_image)
-        if reference.shape != seg.shape:
-            raise EvaluationError(
-                f"test case {case.case_id}: reference label {case.label} has shape {reference.shape} "
-                f"(z, y, x) but image {case.image} has {seg.shape}; resample the label onto the image grid."
-            )
-        if not np.allclose(reference_image.GetSpacing(), image.GetSpacing(), rtol=1e-3, atol=1e-4):
-            logger.warning(
-                "%s: reference label %s has spacing %s but image %s has %s; scoring with the image's",
-                case.case_id,
-                case.label,
-                reference_image.GetSpacing(),
-                case.image,
-                image.GetSpacing(),
-            )
-        if ignore_value is not None:
-            ignored = reference == ignore_value
-            reference = np.where(ignored, 0, reference)
-            seg = np.where(ignored, 0, seg)
-        unknown = sorted(set(case.missing_rois) - set(labels))
-        if unknown:
-            logger.warning("%s: missing ROIs %s are not labels of this model", case.case_id, unknown)
-        metrics = score_case(reference, seg, labels, spacing_zyx, tolerance_mm, skip=case.missing_rois)
-        per_case[case.case_id] = metrics
-        results[case.case_id] = {"patient_id": case.patient_id, "metrics": metrics}
-        logger.info(
-            "%s: dice %s",
-            case.case_id,
-            ", ".join(f"{name}={scores['dice']:.3f}" for name, scores in metrics.items()),
-        )
-
+        per_case[case.case_id] = _score(predictor, case, labels, predictions_dir, tolerance_mm)
     summary = summarise(per_case)
-    for name, row in summary.items():
-        logger.info(
-            "test summary %s: dice %.3f, nsd@%gmm %.3f over %d cases",
-            name,
-            row["dice_mean"],
-            tolerance_mm,
-            row["nsd_mean"],
-            row["cases"],
-        )
-    report: dict[str, Any] = {
-        "tolerance_mm": tolerance_mm,
-        "folds": list(folds),
-        "labels": labels,
-        "cases": results,
-        "summary": summary,
-    }
-    write_json(report, out / "test_metrics.json")
+    _log_summary(summary, tolerance_mm)
+    report = HoldoutMetrics(
+        tolerance_mm=tolerance_mm,
+        folds=tuple(folds),
+        labels=labels,
+        cases={case.case_id: HoldoutScores(case.patient_id, dict(per_case[case.case_id])) for case in cases},
+        summary=summary,
+    )
+    records.write_record(out / METRICS_FILE, report)
     return report
+
+
+def holdout_cases(assembled: records.Assembled) -> list[HoldoutCase]:
+    """The frozen test set of an iteration: its ``assembled.json`` records with split ``test``."""
+    return [
+        HoldoutCase(
+            r["case_id"],
+            r["patient_id"],
+            Path(r["raw_image"]),
+            Path(r["raw_label"]),
+            tuple(r["missing_rois"]),
+        )
+        for r in assembled.records
+        if r["split"] == "test"
+    ]
+
+
+def evaluate_iteration(
+    *,
+    work: Path,
+    plan_record: Path,
+    trainer: str,
+    folds: tuple[str, ...],
+    device: str,
+    assembled: Path,
+    out: Path,
+    tolerance_mm: float,
+) -> HoldoutMetrics:
+    """The evaluate step: score the iteration's fold ensemble on its frozen test set.
+
+    Parameters
+    ----------
+    work
+        The iteration's procdata folder (nnU-Net roots inside).
+    plan_record
+        The plan step's ``planned.json``: dataset, plans and configuration of the model.
+    trainer, folds, device
+        Which trained model to ensemble, and where to run it.
+    assembled
+        The iteration's ``assembled.json``; its ``test`` records are the test set.
+    out, tolerance_mm
+        As in :func:`evaluate_test_set`.
+
+    Returns
+    -------
+    HoldoutMetrics
+        The step's record (also written to ``out/test_metrics.json``).
+
+    """
+    from iterseg.nnunet.env import configure_nnunet
+    from iterseg.paths import model_dir
+
+    plan = records.read_record(plan_record, records.PlanRecord)
+    cases = holdout_cases(records.read_record(assembled, records.Assembled))
+    configure_nnunet(work, device=device)
+    model = model_dir(work, plan.dataset_name, trainer, plan.plans, plan.configuration)
+    return evaluate_test_set(model, folds, device, cases, out, tolerance_mm)
+

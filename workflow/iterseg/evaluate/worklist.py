@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from iterseg.evaluate.metrics import UNSCORED_LABELS, dice
+from iterseg.records import Predictions, read_record
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ def write_worklist(rows: Sequence[Mapping[str, Any]], out_csv: Path) -> None:
 
 def worklist(predictions_json: Path, assembled_json: Path, out_csv: Path) -> list[dict[str, Any]]:
     """Rank the inbox predictions of one iteration and write ``out_csv``."""
-    predictions = json.loads(predictions_json.read_text())
+    predictions = read_record(predictions_json, Predictions).to_json()
     rows = rank_cases(predictions, annotated_volumes(json.loads(assembled_json.read_text())))
     write_worklist(rows, out_csv)
     return rows

@@ -2,6 +2,7 @@
 
 Modules
 -------
+ensemble        the fold ensemble of a trained iteration, as one nnU-Net predictor (predict, evaluate)
 env             nnU-Net's environment variables, set per call from our paths
 plan            plan once, transfer the first iteration's plans later (``iterseg plan``)
 plans_override  configurable overrides of nnU-Net's plans
@@ -11,6 +12,7 @@ trainers        our nnU-Net trainers (found through ``nnUNet_extTrainer``)
 """
 
 __all__ = [
+    "ensemble",
     "env",
     "plan",
     "plans_override",

@@ -9,40 +9,26 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from iterseg.errors import PlanTransferError
 from iterseg.nnunet.env import configure_nnunet
 from iterseg.nnunet.plans_override import PlansOverrides, apply_plans_overrides, count_parameters
+from iterseg.paths import nnunet_roots, plans_file, preprocessed_dir
+from iterseg.records import PlanRecord
+
+__all__ = ["PlanRecord", "plan_dataset"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PlanRecord:
-    """What the plan step did; written as the step's output."""
-
-    dataset_id: int
-    dataset_name: str
-    plans: str
-    configuration: str
-    plans_source: str | None  # dataset name whose plans were transferred; None = planned here
-    architecture: dict[str, Any]
-    patch_size: list[int]
-    spacing: list[float]
-    batch_size: int | None = None
-    overrides: dict[str, Any] | None = None  # applied to the first iteration's plans
-    parameters: int | None = None  # of the network nnU-Net builds from these plans
 
 
 def _dataset_id(name: str) -> int:
     return int(name[len("Dataset") : len("Dataset") + 3])
 
 
-def _plans_file(work: Path, dataset_name: str, plans: str) -> Path:
-    return work / "nnUNet_preprocessed" / dataset_name / f"{plans}.json"
+def _raw_dataset_json(work: Path, dataset_name: str) -> Path:
+    return nnunet_roots(work)["nnUNet_raw"] / dataset_name / "dataset.json"
 
 
 def _check_transferable(
@@ -79,6 +65,84 @@ def _check_transferable(
             target_json.get("labels"),
             source_json.get("labels"),
         )
+
+
+def _plan_here(
+    work: Path, dataset_name: str, configuration: str, plans: str, overrides: dict[str, Any] | None
+) -> None:
+    """First iteration: nnU-Net plans the dataset; the configured overrides are written into its plans."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiments
+
+    plan_experiments([_dataset_id(dataset_name)])
+    spec = PlansOverrides.from_mapping(overrides)
+    if spec.is_empty():
+        return
+    target = plans_file(work, dataset_name, plans)
+    planned = json.loads(target.read_text())
+    changed = apply_plans_overrides(planned, configuration, spec, "config nnunet.plans_overrides")
+    target.write_text(json.dumps(changed, indent=2))
+    logger.info("plans overrides %s written to %s", overrides, target)
+
+
+def _transfer_plans(
+    work: Path, dataset_name: str, configuration: str, plans: str, source_work: Path, source_name: str
+) -> None:
+    """Later iterations: the first iteration's plans, checked and moved onto this dataset."""
+    from nnunetv2.experiment_planning.plans_for_pretraining.move_plans_between_datasets import (
+        move_plans_between_datasets,
+    )
+
+    source_plans_file = plans_file(source_work, source_name, plans)
+    if not source_plans_file.is_file():
+        raise PlanTransferError(
+            f"{source_plans_file}: plans of the first iteration are missing; re-run the first "
+            "iteration (snakemake plans it) before later ones."
+        )
+    source_plans = json.loads(source_plans_file.read_text())
+    source_json = json.loads(_raw_dataset_json(source_work, source_name).read_text())
+    target_json = json.loads(_raw_dataset_json(work, dataset_name).read_text())
+    _check_transferable(source_plans, target_json, configuration, source_json, source_name, dataset_name)
+    # move_plans_between_datasets reads source and target from one nnUNet_preprocessed root;
+    # give it a reference copy of the first iteration's plans in this iteration's root.
+    reference = preprocessed_dir(work, source_name)
+    reference.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source_plans_file, reference / source_plans_file.name)
+    move_plans_between_datasets(_dataset_id(source_name), _dataset_id(dataset_name), plans, plans)
+    logger.info("transferred plans %s of %s to %s", plans, source_name, dataset_name)
+
+
+def _planned_record(
+    work: Path,
+    dataset_name: str,
+    configuration: str,
+    plans: str,
+    plans_source: str | None,
+    overrides: dict[str, Any] | None,
+) -> PlanRecord:
+    """The record of the preprocessed plans: the configuration's network, and its size."""
+    plan = json.loads(plans_file(work, dataset_name, plans).read_text())
+    if configuration not in plan["configurations"]:
+        raise PlanTransferError(
+            f"nnU-Net did not plan configuration {configuration!r} for {dataset_name} "
+            f"(planned: {sorted(plan['configurations'])}); choose one of those in nnunet.configuration."
+        )
+    conf = plan["configurations"][configuration]
+    dataset_json = json.loads((preprocessed_dir(work, dataset_name) / "dataset.json").read_text())
+    parameters = count_parameters(plan, configuration, dataset_json)
+    logger.info("%s %s: network of %d parameters", dataset_name, configuration, parameters)
+    return PlanRecord(
+        dataset_id=_dataset_id(dataset_name),
+        dataset_name=dataset_name,
+        plans=plans,
+        configuration=configuration,
+        plans_source=plans_source,
+        architecture=conf["architecture"],
+        patch_size=list(conf["patch_size"]),
+        spacing=list(conf["spacing"]),
+        batch_size=conf.get("batch_size"),
+        overrides=overrides or None,
+        parameters=parameters,
+    )
 
 
 def plan_dataset(
@@ -120,85 +184,23 @@ def plan_dataset(
 
     """
     configure_nnunet(work, threads=processes)
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
-        extract_fingerprints,
-        plan_experiments,
-        preprocess,
-    )
-    from nnunetv2.experiment_planning.plans_for_pretraining.move_plans_between_datasets import (
-        move_plans_between_datasets,
-    )
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, preprocess
 
     target_id = _dataset_id(dataset_name)
-    target_pre = work / "nnUNet_preprocessed" / dataset_name
+    target_pre = preprocessed_dir(work, dataset_name)
     if target_pre.exists():
         shutil.rmtree(target_pre)  # stale preprocessed data of an earlier attempt
     extract_fingerprints([target_id], num_processes=processes, check_dataset_integrity=True)
     if source_work is None or source_name is None:
-        plan_experiments([target_id])
+        _plan_here(work, dataset_name, configuration, plans, overrides)
         plans_source = None
-        spec = PlansOverrides.from_mapping(overrides)
-        if not spec.is_empty():
-            plans_file = _plans_file(work, dataset_name, plans)
-            planned = json.loads(plans_file.read_text())
-            changed = apply_plans_overrides(planned, configuration, spec, "config nnunet.plans_overrides")
-            plans_file.write_text(json.dumps(changed, indent=2))
-            logger.info("plans overrides %s written to %s", overrides, plans_file)
     else:
-        source_plans_file = _plans_file(source_work, source_name, plans)
-        if not source_plans_file.is_file():
-            raise PlanTransferError(
-                f"{source_plans_file}: plans of the first iteration are missing; re-run the first "
-                "iteration (snakemake plans it) before later ones."
-            )
-        source_plans = json.loads(source_plans_file.read_text())
-        source_json = json.loads((source_work / "nnUNet_raw" / source_name / "dataset.json").read_text())
-        target_json = json.loads((work / "nnUNet_raw" / dataset_name / "dataset.json").read_text())
-        _check_transferable(source_plans, target_json, configuration, source_json, source_name, dataset_name)
-        # move_plans_between_datasets reads source and target from one nnUNet_preprocessed root;
-        # give it a reference copy of the first iteration's plans in this iteration's root.
-        reference = work / "nnUNet_preprocessed" / source_name
-        reference.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source_plans_file, reference / source_plans_file.name)
-        move_plans_between_datasets(_dataset_id(source_name), target_id, plans, plans)
+        _transfer_plans(work, dataset_name, configuration, plans, source_work, source_name)
         plans_source = source_name
-        logger.info("transferred plans %s of %s to %s", plans, source_name, dataset_name)
     # nnU-Net's preprocess expects dataset.json next to the plans; only planning copies it.
-    shutil.copy2(work / "nnUNet_raw" / dataset_name / "dataset.json", target_pre / "dataset.json")
+    shutil.copy2(_raw_dataset_json(work, dataset_name), target_pre / "dataset.json")
     preprocess(
         [target_id], plans_identifier=plans, configurations=(configuration,), num_processes=(processes,)
     )
-    plan = json.loads(_plans_file(work, dataset_name, plans).read_text())
-    if configuration not in plan["configurations"]:
-        raise PlanTransferError(
-            f"nnU-Net did not plan configuration {configuration!r} for {dataset_name} "
-            f"(planned: {sorted(plan['configurations'])}); choose one of those in nnunet.configuration."
-        )
-    conf = plan["configurations"][configuration]
-    dataset_json = json.loads((target_pre / "dataset.json").read_text())
-    parameters = count_parameters(plan, configuration, dataset_json)
-    logger.info("%s %s: network of %d parameters", dataset_name, configuration, parameters)
-    return PlanRecord(
-        dataset_id=target_id,
-        dataset_name=dataset_name,
-        plans=plans,
-        configuration=configuration,
-        plans_source=plans_source,
-        architecture=conf["architecture"],
-        patch_size=list(conf["patch_size"]),
-        spacing=list(conf["spacing"]),
-        batch_size=conf.get("batch_size"),
-        overrides=overrides or None,
-        parameters=parameters,
-    )
+    return _planned_record(work, dataset_name, configuration, plans, plans_source, overrides)
 
-
-def write_record(record: PlanRecord, path: Path) -> None:
-    """Write the plan step's record (its snakemake output)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(record), indent=2))
-
-
-def read_record(path: Path) -> PlanRecord:
-    """Read a plan record."""
-    return PlanRecord(**json.loads(path.read_text()))

@@ -138,6 +138,131 @@ def _check_positive_list(
     return True
 
 
+def _checked_stages(overrides: PlansOverrides, planned_stages: int, problems: list[str]) -> int:
+    """The number of stages to build: the override when it is valid, else the planned one."""
+    value = overrides.n_stages
+    if value is None:
+        return planned_stages
+    if not _is_int(value) or not MIN_STAGES <= value <= planned_stages:
+        problems.append(
+            f"n_stages must be an integer from {MIN_STAGES} to {planned_stages} (nnU-Net planned "
+            f"{planned_stages} stages; stages can only be removed, their strides cannot be "
+            f"invented), got {value!r}"
+        )
+        return planned_stages
+    return value
+
+
+def _check_patch(
+    overrides: PlansOverrides,
+    planned_patch: list[int],
+    strides: Sequence[Any],
+    n_stages: int,
+    problems: list[str],
+) -> None:
+    """The patch size (overridden or planned) must be divisible by the network's total stride."""
+    dim = len(planned_patch)
+    patch = planned_patch
+    if overrides.patch_size is not None and _check_positive_list(
+        "patch_size", overrides.patch_size, dim, f"one per axis of this {dim}d configuration", True, problems
+    ):
+        patch = list(overrides.patch_size)
+    divisors = _total_strides(strides, n_stages, dim)
+    bad_axes = [axis for axis in range(dim) if patch[axis] % divisors[axis] != 0]
+    if bad_axes:
+        nearest = "; ".join(
+            f"axis {axis}: {patch[axis]} -> {_nearest_multiples(patch[axis], divisors[axis])}"
+            for axis in bad_axes
+        )
+        problems.append(
+            f"patch_size {patch} must be divisible per axis by the network's total stride {divisors} "
+            f"(with {n_stages} stages); nearest valid sizes: {nearest}"
+        )
+
+
+def _validated_stages(
+    overrides: PlansOverrides, kwargs: Mapping[str, Any], planned_patch: list[int], where: str
+) -> int:
+    """Check every override against the resolved plan; the number of stages to build.
+
+    Raises
+    ------
+    PlanOverrideError
+        Listing every problem at once.
+
+    """
+    dim = len(planned_patch)
+    problems: list[str] = []
+    n_stages = _checked_stages(overrides, int(kwargs["n_stages"]), problems)
+    if overrides.features_per_stage is not None:
+        _check_positive_list(
+            "features_per_stage",
+            overrides.features_per_stage,
+            n_stages,
+            "one per stage, n_stages",
+            integer=True,
+            problems=problems,
+        )
+    if overrides.spacing is not None:
+        _check_positive_list(
+            "spacing", overrides.spacing, dim, f"one per axis of this {dim}d configuration", False, problems
+        )
+    _check_patch(overrides, planned_patch, kwargs["strides"], n_stages, problems)
+    if overrides.batch_size is not None and not (_is_int(overrides.batch_size) and overrides.batch_size >= 1):
+        problems.append(f"batch_size must be an integer >= 1, got {overrides.batch_size!r}")
+    if problems:
+        raise PlanOverrideError(f"{where}: " + "; ".join(problems) + ".")
+    return n_stages
+
+
+def _reduced_kwargs(kwargs: Mapping[str, Any], overrides: PlansOverrides, n_stages: int) -> dict[str, Any]:
+    """The architecture's ``arch_kwargs`` cut to ``n_stages`` stages, with the overridden widths."""
+    new_kwargs = copy.deepcopy(dict(kwargs))
+    new_kwargs["n_stages"] = n_stages
+    for key in PER_STAGE_KEYS:
+        if isinstance(new_kwargs.get(key), list | tuple):
+            new_kwargs[key] = list(new_kwargs[key])[:n_stages]
+    for key in PER_DECODER_STAGE_KEYS:
+        if isinstance(new_kwargs.get(key), list | tuple):
+            new_kwargs[key] = list(new_kwargs[key])[: n_stages - 1]
+    if overrides.features_per_stage is not None:
+        new_kwargs["features_per_stage"] = list(overrides.features_per_stage)
+    return new_kwargs
+
+
+def _write_overrides(
+    own: dict[str, Any],
+    resolved: Mapping[str, Any],
+    arch: dict[str, Any],
+    overrides: PlansOverrides,
+    n_stages: int,
+) -> list[tuple[str, Any, Any]]:
+    """Set the (validated) overrides in the configuration's own dict ``own``; the changes made."""
+    changes: list[tuple[str, Any, Any]] = []
+
+    def _set(key: str, value: Any) -> None:
+        before = resolved.get(key)
+        if before != value:
+            changes.append((key, before, value))
+        own[key] = value
+
+    if overrides.spacing is not None:
+        _set("spacing", [float(s) for s in overrides.spacing])
+    if overrides.patch_size is not None:
+        _set("patch_size", list(overrides.patch_size))
+    if overrides.batch_size is not None:
+        _set("batch_size", overrides.batch_size)
+    if overrides.n_stages is not None or overrides.features_per_stage is not None:
+        kwargs: dict[str, Any] = arch["arch_kwargs"]
+        new_kwargs = _reduced_kwargs(kwargs, overrides, n_stages)
+        for key, after in new_kwargs.items():
+            if kwargs.get(key) != after:
+                changes.append((f"architecture.arch_kwargs.{key}", kwargs.get(key), after))
+        arch["arch_kwargs"] = new_kwargs
+        own["architecture"] = arch
+    return changes
+
+
 def apply_plans_overrides(
     plans: dict[str, Any], configuration: str, overrides: PlansOverrides, source: str
 ) -> dict[str, Any]:
@@ -183,95 +308,10 @@ def apply_plans_overrides(
         )
     resolved = PlansManager(copy.deepcopy(plans)).get_configuration(configuration).configuration
     arch = copy.deepcopy(resolved["architecture"])
-    kwargs: dict[str, Any] = arch["arch_kwargs"]
-    planned_patch = list(resolved["patch_size"])
-    dim = len(planned_patch)
-    planned_stages = int(kwargs["n_stages"])
     where = f"{source} ({configuration!r} of plans {plans.get('plans_name', '?')!r})"
-    problems: list[str] = []
-
-    n_stages = planned_stages
-    if overrides.n_stages is not None:
-        value = overrides.n_stages
-        if not _is_int(value) or not MIN_STAGES <= value <= planned_stages:
-            problems.append(
-                f"n_stages must be an integer from {MIN_STAGES} to {planned_stages} (nnU-Net planned "
-                f"{planned_stages} stages; stages can only be removed, their strides cannot be "
-                f"invented), got {value!r}"
-            )
-        else:
-            n_stages = value
-
-    if overrides.features_per_stage is not None:
-        _check_positive_list(
-            "features_per_stage",
-            overrides.features_per_stage,
-            n_stages,
-            "one per stage, n_stages",
-            integer=True,
-            problems=problems,
-        )
-
-    if overrides.spacing is not None:
-        _check_positive_list(
-            "spacing", overrides.spacing, dim, f"one per axis of this {dim}d configuration", False, problems
-        )
-
-    patch = planned_patch
-    if overrides.patch_size is not None and _check_positive_list(
-        "patch_size", overrides.patch_size, dim, f"one per axis of this {dim}d configuration", True, problems
-    ):
-        patch = list(overrides.patch_size)
-    divisors = _total_strides(kwargs["strides"], n_stages, dim)
-    bad_axes = [axis for axis in range(dim) if patch[axis] % divisors[axis] != 0]
-    if bad_axes:
-        nearest = "; ".join(
-            f"axis {axis}: {patch[axis]} -> {_nearest_multiples(patch[axis], divisors[axis])}"
-            for axis in bad_axes
-        )
-        problems.append(
-            f"patch_size {patch} must be divisible per axis by the network's total stride {divisors} "
-            f"(with {n_stages} stages); nearest valid sizes: {nearest}"
-        )
-
-    if overrides.batch_size is not None and not (_is_int(overrides.batch_size) and overrides.batch_size >= 1):
-        problems.append(f"batch_size must be an integer >= 1, got {overrides.batch_size!r}")
-
-    if problems:
-        raise PlanOverrideError(f"{where}: " + "; ".join(problems) + ".")
-
+    n_stages = _validated_stages(overrides, arch["arch_kwargs"], list(resolved["patch_size"]), where)
     own: dict[str, Any] = new_plans["configurations"][configuration]
-    changes: list[tuple[str, Any, Any]] = []
-
-    def _set(key: str, value: Any) -> None:
-        before = resolved.get(key)
-        if before != value:
-            changes.append((key, before, value))
-        own[key] = value
-
-    if overrides.spacing is not None:
-        _set("spacing", [float(s) for s in overrides.spacing])
-    if overrides.patch_size is not None:
-        _set("patch_size", list(overrides.patch_size))
-    if overrides.batch_size is not None:
-        _set("batch_size", overrides.batch_size)
-    if overrides.n_stages is not None or overrides.features_per_stage is not None:
-        new_kwargs = copy.deepcopy(kwargs)
-        new_kwargs["n_stages"] = n_stages
-        for key in PER_STAGE_KEYS:
-            if isinstance(new_kwargs.get(key), list | tuple):
-                new_kwargs[key] = list(new_kwargs[key])[:n_stages]
-        for key in PER_DECODER_STAGE_KEYS:
-            if isinstance(new_kwargs.get(key), list | tuple):
-                new_kwargs[key] = list(new_kwargs[key])[: n_stages - 1]
-        if overrides.features_per_stage is not None:
-            new_kwargs["features_per_stage"] = list(overrides.features_per_stage)
-        for key, after in new_kwargs.items():
-            if kwargs.get(key) != after:
-                changes.append((f"architecture.arch_kwargs.{key}", kwargs.get(key), after))
-        arch["arch_kwargs"] = new_kwargs
-        own["architecture"] = arch
-
+    changes = _write_overrides(own, resolved, arch, overrides, n_stages)
     for key, before, after in changes:
         logger.info("%s: %s %s -> %s", where, key, before, after)
     if not changes:

@@ -10,12 +10,11 @@ results folder (and ``latest``) always holds one complete set of predictions.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import re
 import shutil
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +24,15 @@ from pydicom.errors import InvalidDicomError
 from iterseg.convert.assemble import IGNORE_LABEL
 from iterseg.dicom.codes import Terminology
 from iterseg.dicom.geometry import Grid, series_grid
-from iterseg.dicom.label_export import export_for_series
-from iterseg.dicom.seg_writer import SegType
+from iterseg.dicom.seg_writer import SegType, export_for_series
 from iterseg.dicom.series import ImageSeries, read_volume
 from iterseg.errors import GeometryError, PredictionError, SegExportError
 from iterseg.evaluate.worklist import fold_agreement, normalised_entropy
+from iterseg.nnunet.ensemble import load_ensemble
 from iterseg.nnunet.env import configure_nnunet
-from iterseg.nnunet.plan import read_record
 from iterseg.paths import model_dir
 from iterseg.rawdata.inbox import InboxCase, InboxScan, scan_inbox
+from iterseg.records import PlanRecord, PredictedRecord, Prediction, Predictions, read_record, write_record
 from iterseg.release.publish import publish, staging_dir
 from iterseg.roi import load_roi_terms
 from iterseg.skipped import (
@@ -55,42 +54,11 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass(frozen=True)
-class Prediction:
-    """Where a case's outputs went (paths relative to the iteration's results folder)."""
-
-    case_id: str
-    patient_id: str
-    series_uid: str
-    label: str
-    seg: str | None  # None for NIfTI inputs: a SEG needs the DICOM series it annotates
-    voxels_per_label: dict[str, int]
-    volume_ml: dict[str, float] = field(default_factory=dict)
-    mean_entropy: float = 0.0  # normalised entropy of the ensemble where foreground is plausible
-    fold_dice: dict[str, float | None] = field(default_factory=dict)  # pairwise agreement of the folds
-
-
-@dataclass(frozen=True)
 class InboxPrediction:
     """What one predict run published: the predicted cases and the ones left out."""
 
     predictions: tuple[Prediction, ...]
     skipped: tuple[SkippedCase, ...]
-
-
-@dataclass(frozen=True)
-class PredictedRecord:
-    """The predict step's record in procdata (its Snakemake output): what it published, and where.
-
-    The published files live in the results folder but are no declared output, so a forced
-    re-run (Snakemake deletes a job's outputs first) never leaves ``latest`` without them.
-    """
-
-    results: str
-    predictions: str
-    skipped: str
-    cases: tuple[str, ...]
-    skipped_cases: tuple[str, ...]
-    on_bad_case: str
 
 
 @dataclass(frozen=True)
@@ -121,25 +89,13 @@ def _load_model(
     description: str,
     roi_yaml: Path | None,
 ) -> _Model:
-    record = read_record(plan_record)
+    record = read_record(plan_record, PlanRecord)
     configure_nnunet(work, device=device)
-    import torch
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
     folder = model_dir(work, record.dataset_name, trainer, record.plans, record.configuration)
-    use_folds = tuple(f if f == "all" else int(f) for f in folds)
-
-    def predictor_of(chosen: tuple[int | str, ...]) -> Any:
-        predictor = nnUNetPredictor(
-            device=torch.device(device), perform_everything_on_device=device != "cpu", allow_tqdm=False
-        )
-        predictor.initialize_from_trained_model_folder(str(folder), use_folds=chosen)
-        return predictor
-
-    ensemble = predictor_of(use_folds)
+    ensemble = load_ensemble(folder, folds, device)
     # one predictor per fold as well, to see where the fold models disagree (the worklist's
     # signal); nnU-Net's ensemble itself stays the prediction that is exported
-    per_fold = tuple(predictor_of((fold,)) for fold in use_folds) if len(use_folds) > 1 else ()
+    per_fold = tuple(load_ensemble(folder, (fold,), device) for fold in folds) if len(folds) > 1 else ()
     # "ignore" marks unlabelled training voxels (partial labels); the network never predicts it.
     labels = {name: value for name, value in ensemble.dataset_json["labels"].items() if name != IGNORE_LABEL}
     version = f"{description} {record.dataset_name} {trainer} folds {','.join(folds)}"
@@ -381,10 +337,35 @@ def predict_inbox(
         when two inbox cases would share an id. Nothing is published then.
 
     """
-    from tqdm import tqdm
-
+    # long only for its parameter docs: the body is three phases (scan, predict, check and publish)
     scan: InboxScan = scan_inbox(inbox, modality)
     staging = _fresh_staging(work, out)
+
+    def load() -> _Model:
+        return _load_model(work, plan_record, trainer, folds, device, description, roi_yaml)
+
+    run = _predict_cases(scan, load, inbox, modality, staging, on_bad_case)
+    try:
+        total = len(scan.cases) + len(scan.unusable)
+        _check_outcome(inbox, total, len(run.predictions), list(run.skipped), on_bad_case)
+    except PredictionError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _publish(run, inbox, staging, out)
+    return run
+
+
+def _predict_cases(
+    scan: InboxScan,
+    load: Callable[[], _Model],
+    inbox: Path,
+    modality: str,
+    staging: Path,
+    on_bad_case: BadCasePolicy,
+) -> InboxPrediction:
+    """Predict every usable case into ``staging``; the bad ones (and the unusable) as skipped."""
+    from tqdm import tqdm
+
     skipped = list(scan.unusable)
     predictions: list[Prediction] = []
     model: _Model | None = None  # loaded for the first case to predict: none when the step fails anyway
@@ -393,7 +374,7 @@ def predict_inbox(
             if skipped and on_bad_case is BadCasePolicy.FAIL:
                 _read_case(case, modality)  # only to name every unreadable case
             else:
-                model = model or _load_model(work, plan_record, trainer, folds, device, description, roi_yaml)
+                model = model or load()
                 predictions.append(_predict_case(model, case, modality, staging))
         except _BadCase as bad:
             logger.debug("inbox case %s", case.case_id, exc_info=True)
@@ -401,25 +382,28 @@ def predict_inbox(
             skipped.append(
                 SkippedCase(Stage.PREDICT, str(inbox), case.case_id, patient, str(bad.file), bad.message)
             )
-    try:
-        _check_outcome(inbox, len(scan.cases) + len(scan.unusable), len(predictions), skipped, on_bad_case)
-    except PredictionError:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    warn_skipped(skipped, str(inbox))
-    write_predictions(predictions, staging / PREDICTIONS_FILE)
-    write_skipped(staging / SKIPPED_PREDICTIONS_FILE, skipped)
-    # the index last: whoever reads predictions.json finds the files it lists
-    publish(staging, out, ["labels", "seg", SKIPPED_PREDICTIONS_FILE, PREDICTIONS_FILE])
-    logger.info(
-        "%s: %d case(s) predicted, %d skipped; published in %s", inbox, len(predictions), len(skipped), out
-    )
     return InboxPrediction(tuple(predictions), tuple(skipped))
 
 
+def _publish(run: InboxPrediction, inbox: Path, staging: Path, out: Path) -> None:
+    """Write the run's index files into ``staging`` and publish it into the results folder ``out``."""
+    warn_skipped(list(run.skipped), str(inbox))
+    write_predictions(list(run.predictions), staging / PREDICTIONS_FILE)
+    write_skipped(staging / SKIPPED_PREDICTIONS_FILE, list(run.skipped))
+    # the index last: whoever reads predictions.json finds the files it lists
+    publish(staging, out, ["labels", "seg", SKIPPED_PREDICTIONS_FILE, PREDICTIONS_FILE])
+    logger.info(
+        "%s: %d case(s) predicted, %d skipped; published in %s",
+        inbox,
+        len(run.predictions),
+        len(run.skipped),
+        out,
+    )
+
+
 def write_predictions(predictions: list[Prediction], path: Path) -> None:
-    """Write the prediction manifest (``predictions.json``: one entry per predicted case)."""
-    path.write_text(json.dumps([asdict(p) for p in predictions], indent=2))
+    """Write the prediction manifest (``predictions.json``: one entry per predicted case), atomically."""
+    write_record(path, Predictions(tuple(predictions)))
 
 
 def predicted_record(out: Path, run: InboxPrediction, on_bad_case: BadCasePolicy) -> PredictedRecord:
@@ -433,10 +417,3 @@ def predicted_record(out: Path, run: InboxPrediction, on_bad_case: BadCasePolicy
         on_bad_case.value,
     )
 
-
-def write_predicted_record(record: PredictedRecord, path: Path) -> None:
-    """Write the predict step's record atomically (strict JSON)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(asdict(record), indent=2, allow_nan=False) + "\n")
-    partial.replace(path)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 from iterseg.errors import PlanTransferError, TrainingError
 from iterseg.nnunet.env import configure_nnunet
-from iterseg.nnunet.plan import read_record
-from iterseg.paths import fold_dir_name, model_dir
+from iterseg.paths import fold_dir_name, model_dir, plans_file
+from iterseg.records import PlanRecord, TrainedRecord, read_record
 
 logger = logging.getLogger(__name__)
 
@@ -237,6 +238,106 @@ def _run_training_with_settings(
     nnunet_trainer.perform_actual_validation(False)
 
 
+def _check_data_parallel(
+    fold: str, num_gpus: int, device: str, epochs: int | None, initial_lr: float | None
+) -> None:
+    if num_gpus > 1 and (device != "cuda" or epochs is not None or initial_lr is not None):
+        raise TrainingError(
+            f"fold {fold}: data-parallel training on {num_gpus} GPUs needs device cuda and the "
+            "trainer's own schedule (no epochs/initial_lr override); fix nnunet.gpus_per_fold."
+        )
+
+
+def _prepare(
+    work: Path, plan_record: Path, fold: str, device: str, threads: int, pretrained: Path | None
+) -> tuple[PlanRecord, Path]:
+    """Read the plan record, point nnU-Net at ``work``, check the start weights; the record and plans file."""
+    record = read_record(plan_record, PlanRecord)
+    configure_nnunet(work, threads=threads, device=device)
+    import torch
+
+    plans = plans_file(work, record.dataset_name, record.plans)
+    _check_start(record, fold, pretrained, plans)
+    if device == "cpu":
+        torch.set_num_threads(max(1, threads))
+    return record, plans
+
+
+def _check_start(record: PlanRecord, fold: str, pretrained: Path | None, plans: Path) -> None:
+    """Say where the fold starts from; fail now when the previous checkpoint cannot be loaded."""
+    if pretrained is not None:
+        check_checkpoint_compatible(pretrained, plans, record.configuration)
+        logger.info(
+            "fold %s: fine-tuning from %s with plans transferred from %s",
+            fold,
+            pretrained,
+            record.plans_source or record.dataset_name,
+        )
+    else:
+        logger.info(
+            "fold %s: training from scratch with plans %s of %s", fold, record.plans, record.dataset_name
+        )
+
+
+def _resume_point(fold_dir: Path, fold: str, key: str) -> Path | None:
+    resume = resumable_checkpoint(fold_dir, key)
+    if resume is not None:
+        logger.info(
+            "fold %s: continuing the interrupted training from %s at epoch %d, as nnU-Net's --c does",
+            fold,
+            resume,
+            _saved_epoch(resume),
+        )
+    return resume
+
+
+def _run_nnunet(
+    record: PlanRecord,
+    trainer: str,
+    fold: str,
+    device: str,
+    pretrained: Path | None,
+    resume: Path | None,
+    schedule: tuple[int | None, float | None],
+    *,
+    num_gpus: int,
+) -> None:
+    """nnU-Net's own ``run_training`` where it does what we need, else ours with the schedule set.
+
+    ``schedule`` is ``(epochs, initial_lr)``, None keeping the trainer's value.
+    """
+    import torch
+    from nnunetv2.run.run_training import run_training
+
+    epochs, initial_lr = schedule
+
+    if num_gpus > 1 or (epochs is None and initial_lr is None and pretrained is None):
+        run_training(
+            record.dataset_name,
+            record.configuration,
+            fold,
+            trainer_class_name=trainer,
+            plans_identifier=record.plans,
+            pretrained_weights=str(pretrained) if pretrained and resume is None else None,
+            num_gpus=num_gpus,
+            continue_training=resume is not None,
+            device=torch.device(device),
+        )
+    else:
+        _run_training_with_settings(
+            record.dataset_name,
+            record.configuration,
+            fold,
+            trainer,
+            record.plans,
+            pretrained,
+            torch.device(device),
+            epochs=epochs,
+            initial_lr=initial_lr,
+            resume=resume is not None,
+        )
+
+
 def train_fold(
     work: Path,
     plan_record: Path,
@@ -249,8 +350,8 @@ def train_fold(
     epochs: int | None = None,
     initial_lr: float | None = None,
     num_gpus: int = 1,
-) -> Path:
-    """Train ``fold`` of the iteration in ``work`` and return its ``checkpoint_final.pth``.
+) -> TrainedRecord:
+    """Train ``fold`` of the iteration in ``work``; return the fold's record (``trained/fold_N.json``).
 
     A run of the same training that was interrupted (a SLURM time limit, a cancelled job, a
     crash) is continued from its last checkpoint, as nnU-Net's ``--c`` does; a fold folder
@@ -281,6 +382,11 @@ def train_fold(
         with more than one, the trainer's own schedule is used and the segmentation head is
         not carried over (nnU-Net's DDP workers build the trainer themselves).
 
+    Returns
+    -------
+    TrainedRecord
+        The resolved ``checkpoint_final.pth``, the schedule given, and the wall time in seconds.
+
     Raises
     ------
     TrainingError
@@ -288,74 +394,27 @@ def train_fold(
         finished without a final checkpoint.
 
     """
+    # long only for its parameter docs: the body is a list of named phases
+    started = time.monotonic()
     check_trainer_settings(fold, epochs, initial_lr)
-    record = read_record(plan_record)
-    configure_nnunet(work, threads=threads, device=device)
-    import torch
-    from nnunetv2.run.run_training import run_training
+    record, plans = _prepare(work, plan_record, fold, device, threads, pretrained)
+    _check_data_parallel(fold, num_gpus, device, epochs, initial_lr)
+    folder = model_dir(work, record.dataset_name, trainer, record.plans, record.configuration)
+    fold_dir = folder / fold_dir_name(fold)
+    key = attempt_key(plans, record.configuration, trainer, pretrained, epochs, initial_lr)
+    resume = _resume_point(fold_dir, fold, key)
+    schedule = (epochs, initial_lr)
+    _run_nnunet(record, trainer, fold, device, pretrained, resume, schedule, num_gpus=num_gpus)
+    checkpoint = _final_checkpoint(fold_dir, fold, record.dataset_name)
+    seconds = round(time.monotonic() - started, 1)
+    return TrainedRecord(fold, trainer, checkpoint.resolve(), pretrained, epochs, initial_lr, seconds)
 
-    plans_file = work / "nnUNet_preprocessed" / record.dataset_name / f"{record.plans}.json"
-    if pretrained is not None:
-        check_checkpoint_compatible(pretrained, plans_file, record.configuration)
-        logger.info(
-            "fold %s: fine-tuning from %s with plans transferred from %s",
-            fold,
-            pretrained,
-            record.plans_source or record.dataset_name,
-        )
-    else:
-        logger.info(
-            "fold %s: training from scratch with plans %s of %s", fold, record.plans, record.dataset_name
-        )
-    if device == "cpu":
-        torch.set_num_threads(max(1, threads))
-    if num_gpus > 1 and (device != "cuda" or epochs is not None or initial_lr is not None):
-        raise TrainingError(
-            f"fold {fold}: data-parallel training on {num_gpus} GPUs needs device cuda and the "
-            "trainer's own schedule (no epochs/initial_lr override); fix nnunet.gpus_per_fold."
-        )
-    fold_dir = model_dir(
-        work, record.dataset_name, trainer, record.plans, record.configuration
-    ) / fold_dir_name(fold)
-    resume = resumable_checkpoint(
-        fold_dir, attempt_key(plans_file, record.configuration, trainer, pretrained, epochs, initial_lr)
-    )
-    if resume is not None:
-        logger.info(
-            "fold %s: continuing the interrupted training from %s at epoch %d, as nnU-Net's --c does",
-            fold,
-            resume,
-            _saved_epoch(resume),
-        )
-    if num_gpus > 1 or (epochs is None and initial_lr is None and pretrained is None):
-        run_training(
-            record.dataset_name,
-            record.configuration,
-            fold,
-            trainer_class_name=trainer,
-            plans_identifier=record.plans,
-            pretrained_weights=str(pretrained) if pretrained and resume is None else None,
-            num_gpus=num_gpus,
-            continue_training=resume is not None,
-            device=torch.device(device),
-        )
-    else:
-        _run_training_with_settings(
-            record.dataset_name,
-            record.configuration,
-            fold,
-            trainer,
-            record.plans,
-            pretrained,
-            torch.device(device),
-            epochs=epochs,
-            initial_lr=initial_lr,
-            resume=resume is not None,
-        )
+
+def _final_checkpoint(fold_dir: Path, fold: str, dataset_name: str) -> Path:
     checkpoint = fold_dir / "checkpoint_final.pth"
     if not checkpoint.is_file():
         raise TrainingError(
-            f"nnU-Net finished fold {fold} of {record.dataset_name} without {checkpoint}; see the "
+            f"nnU-Net finished fold {fold} of {dataset_name} without {checkpoint}; see the "
             "training log above and nnU-Net's training_log_*.txt in the fold folder."
         )
     logger.info("fold %s: final checkpoint %s", fold, checkpoint)

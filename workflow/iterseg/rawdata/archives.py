@@ -20,6 +20,7 @@ import zlib
 from pathlib import Path
 
 from iterseg.errors import SnapshotError
+from iterseg.paths import partial_path
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +81,7 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int = MAX_BYTES) -> Pa
 
     """
     target = dest / archive.name
-    partial = dest / f".{archive.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = partial_path(target)  # a crashed run's is removed with ``dest`` by the next conversion
     try:
         with tarfile.open(archive) as tar:
             members = tar.getmembers()

@@ -27,6 +27,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, RTStructureSetStorage
 
 from iterseg.dicom.codes import SegmentLabel, property_codes, segment_description
+from iterseg.paths import partial_path
 
 logger = logging.getLogger(__name__)
 
@@ -491,6 +492,23 @@ def demo_plan() -> dict[str, list[DemoCase]]:
     }
 
 
+def _write_case(case: DemoCase, patient_dir: Path) -> None:
+    """One demo patient: its CT series and its annotation, as the case says."""
+    phantom = make_phantom(case.patient_id, case.seed)
+    ct = write_ct_series(phantom, patient_dir / "CT")
+    drawn = annotated(phantom, case.tumour_scale)
+    if case.annotation == "SEG":
+        _, masks = phantom_arrays(drawn)
+        if case.partial:
+            masks = {SegmentLabel.LIVER: masks[SegmentLabel.LIVER]}
+        write_seg(drawn, ct, patient_dir / "SEG" / "seg.dcm", masks, case.tag)
+    elif case.annotation == "SEG-dcmqi":
+        _, masks = phantom_arrays(drawn)
+        write_seg_dcmqi(drawn, patient_dir / "CT", patient_dir / "SEG" / f"{case.tag}.dcm", masks)
+    elif case.annotation == "RTSTRUCT":
+        write_rtstruct(drawn, ct, patient_dir / "RTSTRUCT" / "rtstruct.dcm", case.tag)
+
+
 def write_demo_dataset(root: Path) -> list[Path]:
     """Write the demo dataset under ``root`` (= ``data/rawdata/demo``); return the folders written.
 
@@ -510,23 +528,13 @@ def write_demo_dataset(root: Path) -> list[Path]:
         if folder.exists():
             logger.info("%s exists; leaving it untouched", folder)
             continue
-        staging = root / f".{folder_name}.partial"
-        for case in tqdm(cases, desc=folder_name, unit="patient", disable=None):
-            phantom = make_phantom(case.patient_id, case.seed)
-            patient_dir = staging / case.patient_id
-            ct = write_ct_series(phantom, patient_dir / "CT")
-            drawn = annotated(phantom, case.tumour_scale)
-            if case.annotation == "SEG":
-                _, masks = phantom_arrays(drawn)
-                if case.partial:
-                    masks = {SegmentLabel.LIVER: masks[SegmentLabel.LIVER]}
-                write_seg(drawn, ct, patient_dir / "SEG" / "seg.dcm", masks, case.tag)
-            elif case.annotation == "SEG-dcmqi":
-                _, masks = phantom_arrays(drawn)
-                write_seg_dcmqi(drawn, patient_dir / "CT", patient_dir / "SEG" / f"{case.tag}.dcm", masks)
-            elif case.annotation == "RTSTRUCT":
-                write_rtstruct(drawn, ct, patient_dir / "RTSTRUCT" / "rtstruct.dcm", case.tag)
-        staging.rename(folder)
+        staging = partial_path(folder)  # hidden, so no snapshot is discovered there meanwhile
+        try:
+            for case in tqdm(cases, desc=folder_name, unit="patient", disable=None):
+                _write_case(case, staging / case.patient_id)
+            staging.rename(folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         written.append(folder)
         logger.info("wrote %s (%d patients)", folder, len(cases))
     return written

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -24,6 +23,7 @@ from typing import Any, Literal
 from iterseg.errors import SnapshotError
 from iterseg.paths import iteration_dir
 from iterseg.rawdata.discovery import Snapshot
+from iterseg.records import RecordError, SnapshotFiles, read_record, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +108,8 @@ def _write_record(record: Path, snapshot: Path, files: dict[str, dict[str, Any]]
     """Write the record atomically (temporary file beside it, then rename); never into rawdata."""
     if record.resolve().is_relative_to(snapshot.resolve()):
         raise ValueError(f"{record}: the record of a snapshot must not be written inside it ({snapshot})")
-    record.parent.mkdir(parents=True, exist_ok=True)
-    data = {"version": RECORD_VERSION, "snapshot": str(snapshot), "files": dict(sorted(files.items()))}
-    partial = record.with_name(f".{record.name}.partial")
-    partial.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
-    os.replace(partial, record)
+    # indent 1: the record lists every file of the snapshot, and is read at every start-up
+    write_json(record, SnapshotFiles(RECORD_VERSION, str(snapshot), files), indent=1)
 
 
 def record_snapshot(snapshot: Path, record: Path) -> None:
@@ -135,16 +132,18 @@ def record_snapshot(snapshot: Path, record: Path) -> None:
 
 
 def _read_record(record: Path, fix: str) -> dict[str, dict[str, Any]]:
+    """The files of ``record``; FileNotFoundError when there is none, SnapshotError when unreadable."""
+    if not record.is_file():
+        raise FileNotFoundError(record)
     try:
-        data = json.loads(record.read_text())
-        files = data["files"]
-        if data["version"] != RECORD_VERSION or not isinstance(files, dict):
-            raise ValueError(f"version {data['version']!r}")
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        data = read_record(record, SnapshotFiles)
+    except RecordError as exc:
+        if not record.exists():  # removed since: a job is converting the snapshot again
+            raise FileNotFoundError(record) from exc
         raise SnapshotError(f"{record}: unreadable snapshot record ({exc}); {fix}") from exc
-    return files
+    if data.version != RECORD_VERSION:
+        raise SnapshotError(f"{record}: unreadable snapshot record (version {data.version!r}); {fix}")
+    return data.files
 
 
 def changed_files(snapshot: Path, record: Path) -> list[FileChange]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from iterseg.dicom.series import ImageSeries, find_image_series
-from iterseg.errors import PredictionError
+from iterseg.errors import DicomReadError, PredictionError
 from iterseg.skipped import SkippedCase, Stage
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def _folder_candidates(folder: Path, modality: str) -> list[_Candidate]:
     _UnusableFolder
         For a folder holding a truncated or corrupt DICOM file: its series would lack a slice
         (refused by the grid checks in the middle, predicted one slice short at an end).
-    PredictionError
+    DicomReadError
         For a series that cannot be ordered (two slices at one position, mixed orientations).
 
     """
@@ -191,7 +191,7 @@ def scan_inbox(inbox: Path, modality: str) -> InboxScan:
             logger.debug("%s", folder, exc_info=True)
             unusable.append(_unusable(folder, inbox, modality, exc.message, exc.file))
             continue
-        except PredictionError as exc:  # a corrupt file, or a series that cannot be ordered
+        except DicomReadError as exc:  # a series that cannot be ordered
             logger.debug("%s", folder, exc_info=True)
             unusable.append(_unusable(folder, inbox, modality, str(exc)))  # it names the file
             continue

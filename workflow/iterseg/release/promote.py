@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from iterseg.errors import PromotionError
+from iterseg.errors import IterSegError, PromotionError
+from iterseg.paths import partial_path
+from iterseg.records import LatestMove, Promotion, append_history, read_history, read_json
 from iterseg.release.manifest import MANIFEST_FILE
 
 logger = logging.getLogger(__name__)
@@ -29,33 +30,31 @@ def finished_iterations(results: Path) -> list[str]:
     return sorted(p.parent.name for p in results.glob(f"*/{SUMMARY_FILE}") if p.parent.name != "latest")
 
 
-def _append_history(results: Path, entry: dict[str, Any]) -> None:
-    entry = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **entry}
-    with (results / HISTORY_FILE).open("a") as history:
-        history.write(json.dumps(entry) + "\n")
+def _append_history(
+    results: Path, action: str, iteration: str, before: str | None, after: str | None, reason: str
+) -> None:
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    append_history(results / HISTORY_FILE, LatestMove(now, action, iteration, before, after, reason))
 
 
-def history(results: Path) -> list[dict[str, Any]]:
+def history(results: Path) -> list[LatestMove]:
     """Every recorded move of ``latest`` and gate decision, oldest first."""
-    path = results / HISTORY_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_history(results / HISTORY_FILE)
 
 
-def recorded_decision(results: Path, iteration: str) -> dict[str, Any] | None:
+def recorded_decision(results: Path, iteration: str) -> LatestMove | None:
     """The gate decision taken when ``iteration`` first finished, if any.
 
     A decision is taken once: re-running an iteration's last step (e.g. after a config edit)
     neither re-gates it nor undoes a rollback.
     """
     for entry in reversed(history(results)):
-        if entry.get("iteration") == iteration and entry.get("action") in ("promote", "gated"):
+        if entry.iteration == iteration and entry.action in ("promote", "gated"):
             return entry
     return None
 
 
-def settle(results: Path, iteration: str, promote_it: bool, reason: str) -> dict[str, Any]:
+def settle(results: Path, iteration: str, promote_it: bool, reason: str) -> Promotion:
     """Apply a gate decision once and return the iteration's promotion record.
 
     Parameters
@@ -67,26 +66,24 @@ def settle(results: Path, iteration: str, promote_it: bool, reason: str) -> dict
     promote_it, reason
         The gate's verdict; ignored if the iteration was decided before.
 
+    Returns
+    -------
+    Promotion
+        The manifest's ``promotion``: the verdict applied now, or the one recorded earlier.
+
     """
     recorded = recorded_decision(results, iteration)
     if recorded is not None:
-        logger.info("%s: decided at %s (%s); not re-gated", iteration, recorded["time"], recorded["reason"])
-        return {
-            "promoted": recorded["action"] == "promote",
-            "reason": recorded["reason"],
-            "decided": recorded["time"],
-            "latest_before": recorded.get("from"),
-        }
+        logger.info("%s: decided at %s (%s); not re-gated", iteration, recorded.time, recorded.reason)
+        return Promotion(recorded.action == "promote", recorded.reason, recorded.from_, decided=recorded.time)
     before = current_latest(results)
     if promote_it and promote(results, iteration, reason):
-        return {"promoted": True, "reason": reason, "latest_before": before}
+        return Promotion(True, reason, before)
     if promote_it:
         reason = f"passed the gate, but latest is already the newer {before}"
-    _append_history(
-        results, {"action": "gated", "iteration": iteration, "from": before, "to": before, "reason": reason}
-    )
+    _append_history(results, "gated", iteration, before, before, reason)
     logger.warning("%s not promoted: %s", iteration, reason)
-    return {"promoted": False, "reason": reason, "latest_before": before}
+    return Promotion(False, reason, before)
 
 
 def _repoint(results: Path, iteration: str, action: str, reason: str) -> str | None:
@@ -102,14 +99,14 @@ def _repoint(results: Path, iteration: str, action: str, reason: str) -> str | N
             f"{link} is a real file or folder, not a link; move it away so iterseg can manage `latest`."
         )
     before = current_latest(results)
-    tmp = results / f".latest.{os.getpid()}.tmp"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
+    tmp = partial_path(link)
     os.symlink(iteration, tmp)  # relative, so the results folder can be moved or mounted elsewhere
-    os.replace(tmp, link)
-    _append_history(
-        results, {"action": action, "iteration": iteration, "from": before, "to": iteration, "reason": reason}
-    )
+    try:
+        os.replace(tmp, link)
+    finally:
+        if tmp.is_symlink():
+            tmp.unlink()
+    _append_history(results, action, iteration, before, iteration, reason)
     logger.info("latest -> %s (was %s): %s", iteration, before, reason)
     return before
 
@@ -167,6 +164,12 @@ def rollback(results: Path, iteration: str | None = None, reason: str = "") -> s
     return iteration
 
 
+def _manifest_or_empty(path: Path) -> dict[str, Any]:
+    """A manifest as a plain mapping, {} if absent: the tables read older and partial manifests too."""
+    data: dict[str, Any] = read_json(path) if path.is_file() else {}
+    return data
+
+
 def _dice_cells(manifest: dict[str, Any], labels: list[str]) -> list[str]:
     summary = (manifest.get("test_metrics") or {}).get("summary") or {}
     cells = []
@@ -187,8 +190,7 @@ def status_table(results: Path) -> str:
     current = current_latest(results)
     manifests = {}
     for date in finished_iterations(results):
-        path = results / date / MANIFEST_FILE
-        manifests[date] = json.loads(path.read_text()) if path.is_file() else {}
+        manifests[date] = _manifest_or_empty(results / date / MANIFEST_FILE)
     labels: list[str] = []
     for manifest in manifests.values():
         for name in manifest.get("labels", {}):
@@ -246,8 +248,7 @@ def skipped_list(results: Path) -> str:
     seen: set[tuple[str, ...]] = set()
     lines = []
     for date in finished_iterations(results):
-        path = results / date / MANIFEST_FILE
-        manifest = json.loads(path.read_text()) if path.is_file() else {}
+        manifest = _manifest_or_empty(results / date / MANIFEST_FILE)
         for case in manifest.get("skipped", []):
             key = tuple(str(case.get(k, "")) for k in ("stage", "where", "case", "file", "message"))
             if key in seen:
@@ -257,3 +258,28 @@ def skipped_list(results: Path) -> str:
     if not lines:
         return ""
     return "skipped cases (left out; each line names the file at fault and the fix):\n" + "\n".join(lines)
+
+
+def status_report(results: Path, dataset: str) -> str:
+    """What ``iterseg status`` prints: the iterations' table, the skipped cases, what to refine next.
+
+    Parameters
+    ----------
+    results
+        The results root (``data/results``), holding one folder per dataset.
+    dataset
+        The dataset's name.
+
+    Raises
+    ------
+    IterSegError
+        When the dataset has no results yet.
+
+    """
+    from iterseg.report.dataset import refine_next  # lazily: the gate and rollback need no report code
+
+    folder = results / dataset
+    if not folder.is_dir():
+        raise IterSegError(f"{folder}: no results yet for dataset {dataset!r}; run snakemake first.")
+    parts = [status_table(folder), skipped_list(folder), refine_next(folder)]
+    return "".join(part + "\n" for part in parts if part)

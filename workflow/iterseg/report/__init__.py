@@ -2,13 +2,15 @@
 
 Modules
 -------
-pages    QC per iteration and the dataset report (``iterseg qc``, ``iterseg report``)
-montage  QC overlay montages (PNG)
-curves   learning, effort and training curves
+qc       QC pictures of one iteration (``iterseg qc``): a montage per inbox and test case
+dataset  the dataset report (``iterseg report``): curves and tables over the iterations; what to refine next
+montage  one QC overlay montage (PNG): a prediction outlined on its image
+curves   learning, effort and training curves (PNG)
 """
 
 __all__ = [
     "curves",
+    "dataset",
     "montage",
-    "pages",
+    "qc",
 ]

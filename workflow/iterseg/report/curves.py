@@ -20,11 +20,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from iterseg.paths import partial_path
 
 if TYPE_CHECKING:  # matplotlib and torch are imported where used: the CLI imports this module and starts fast
     from matplotlib.axes import Axes
@@ -51,6 +52,7 @@ _Y_LIMITS = (-0.03, 1.03)
 _MARKER_SIZE = 7
 _LEARNING_TITLE = "Learning curves (test set)"
 _EFFORT_TITLE = "Annotation effort"
+_EFFORT_X_LABEL = "iteration (snapshot that brought the refined predictions)"
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,7 @@ def _save(figure: Figure, out_png: Path) -> Path:
     """Write ``figure`` to ``out_png`` atomically (temporary file in the same folder, then rename)."""
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_png.with_name(f".{out_png.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
+    partial = partial_path(out_png)
     try:
         with partial.open("xb") as handle:
             figure.savefig(handle, format="png", dpi=DPI)
@@ -262,24 +264,49 @@ def learning_curves(points: Sequence[IterationPoint], out_png: Path, *, title: s
         (axes[1, 0], "dice", by_cases, "Dice vs training cases"),
         (axes[1, 1], "nsd", by_cases, "NSD vs training cases"),
     ]
-    unscorable = set(labels)
+    scorable: set[str] = set()
     for ax, metric, xs, panel_title in panels:
-        drawn = False
-        for label in labels:
-            ys = [_value(getattr(p, metric).get(label)) for p in ordered]
-            if _plot_label(ax, xs, ys, promoted, colors[label]):
-                drawn = True
-                unscorable.discard(label)
-        if not drawn:
-            _no_data(ax, "no scorable values")
-        ax.set_title(panel_title)
-        _unit_y(ax, f"test-set mean {'Dice' if metric == 'dice' else 'NSD'}")
+        scorable |= _learning_panel(ax, panel_title, ordered, metric, xs, colors)
         if xs is by_iteration:
             _categorical_x(ax, [p.iteration for p in ordered])
             ax.set_xlabel("iteration")
         else:
             _cases_x(ax, xs)
+    handles = _learning_legend(labels, colors, set(labels) - scorable, promoted)
+    figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), frameon=False)
+    figure.suptitle(title or _LEARNING_TITLE, fontsize=14)
+    return _save(figure, out_png)
 
+
+def _learning_panel(
+    ax: Axes,
+    title: str,
+    ordered: Sequence[IterationPoint],
+    metric: str,
+    xs: Sequence[float],
+    colors: Mapping[str, str],
+) -> set[str]:
+    """One panel: a line per label (``colors``, in order) of ``metric`` against ``xs``; the labels drawn.
+
+    ``metric`` is ``dice`` or ``nsd``; the caller sets the x axis.
+    """
+    promoted = [p.promoted for p in ordered]
+    drawn: set[str] = set()
+    for label in colors:
+        ys = [_value(getattr(p, metric).get(label)) for p in ordered]
+        if _plot_label(ax, xs, ys, promoted, colors[label]):
+            drawn.add(label)
+    if not drawn:
+        _no_data(ax, "no scorable values")
+    ax.set_title(title)
+    _unit_y(ax, f"test-set mean {'Dice' if metric == 'dice' else 'NSD'}")
+    return drawn
+
+
+def _learning_legend(
+    labels: Sequence[str], colors: Mapping[str, str], unscorable: set[str], promoted: Sequence[bool | None]
+) -> list[Line2D]:
+    """Legend entries: each label (marked when never scorable), then the promotion markers that occur."""
     handles = [_handle(label, color=colors[label], lw=1.8, marker="o", ms=_MARKER_SIZE) for label in labels]
     for label in sorted(unscorable):
         handles[labels.index(label)].set_label(f"{label} (not scorable)")
@@ -296,9 +323,7 @@ def learning_curves(points: Sequence[IterationPoint], out_png: Path, *, title: s
                     mfc="white" if state is False else "0.2",
                 )
             )
-    figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), frameon=False)
-    figure.suptitle(title or _LEARNING_TITLE, fontsize=14)
-    return _save(figure, out_png)
+    return handles
 
 
 # --------------------------------------------------------------------------------------- effort curves
@@ -339,28 +364,50 @@ def effort_curves(points: Sequence[EffortPoint], out_png: Path, *, title: str = 
 
     figure = _new_figure(13, 5.5)
     left, right = figure.subplots(1, 2)
-
-    drawn = False
-    for label in labels:
-        ys = [_value(p.dice.get(label)) if p.cases > 0 else math.nan for p in ordered]
-        drawn = _plot_label(left, xs, ys, [True] * len(ordered), colors[label]) or drawn
-    if not drawn:
-        _no_data(left, "no Dice values")
-    left.set_title("Agreement of prediction and refinement")
-    _unit_y(left, "mean Dice(prediction, refined)")
+    _agreement_panel(left, ordered, xs, colors)
     _categorical_x(left, ticks)
-    left.set_xlabel("iteration (snapshot that brought the refined predictions)")
+    left.set_xlabel(_EFFORT_X_LABEL)
     left.text(
         0.01, 0.01, "higher = less editing", transform=left.transAxes, fontsize=8, color="0.4", va="bottom"
     )
+    _slices_edited_panel(right, ordered, xs, ticks)
+    if labels:
+        handles = [_handle(lb, color=colors[lb], lw=1.8, marker="o", ms=_MARKER_SIZE) for lb in labels]
+        figure.legend(
+            handles=handles,
+            loc="outside lower center",
+            ncols=min(len(labels), 8),
+            frameon=False,
+        )
+    figure.suptitle(title or _EFFORT_TITLE, fontsize=14)
+    return _save(figure, out_png)
 
+
+def _agreement_panel(
+    ax: Axes, ordered: Sequence[EffortPoint], xs: Sequence[float], colors: Mapping[str, str]
+) -> None:
+    """Mean Dice(prediction, refined) per label (``colors``, in order); the caller sets the x axis."""
+    drawn = False
+    for label in colors:
+        ys = [_value(p.dice.get(label)) if p.cases > 0 else math.nan for p in ordered]
+        drawn = _plot_label(ax, xs, ys, [True] * len(ordered), colors[label]) or drawn
+    if not drawn:
+        _no_data(ax, "no Dice values")
+    ax.set_title("Agreement of prediction and refinement")
+    _unit_y(ax, "mean Dice(prediction, refined)")
+
+
+def _slices_edited_panel(
+    right: Axes, ordered: Sequence[EffortPoint], xs: Sequence[float], ticks: Sequence[str]
+) -> None:
+    """A bar per iteration: fraction of slices edited, annotated with the cases compared and edited."""
     right.set_title("Slices edited")
     right.set_ylim(0, 1.4)
     right.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     right.set_ylabel("fraction of slices edited")
     right.grid(True, axis="y", alpha=0.3)
     _categorical_x(right, ticks)
-    right.set_xlabel("iteration (snapshot that brought the refined predictions)")
+    right.set_xlabel(_EFFORT_X_LABEL)
     for x, point in zip(xs, ordered, strict=True):
         if point.cases <= 0:
             right.text(x, 0.02, "no refined\npredictions", ha="center", va="bottom", fontsize=8, color="0.4")
@@ -381,17 +428,6 @@ def effort_curves(points: Sequence[EffortPoint], out_png: Path, *, title: str = 
             va="bottom",
             fontsize=8,
         )
-
-    if labels:
-        handles = [_handle(lb, color=colors[lb], lw=1.8, marker="o", ms=_MARKER_SIZE) for lb in labels]
-        figure.legend(
-            handles=handles,
-            loc="outside lower center",
-            ncols=min(len(labels), 8),
-            frameon=False,
-        )
-    figure.suptitle(title or _EFFORT_TITLE, fontsize=14)
-    return _save(figure, out_png)
 
 
 # ------------------------------------------------------------------------------------- training curves
@@ -475,8 +511,6 @@ def training_curves(checkpoint: Path, out_png: Path, *, title: str = "") -> Path
     duration means the GPU was shared with other jobs).
 
     """
-    from matplotlib.ticker import MaxNLocator
-
     checkpoint = Path(checkpoint)
     log = read_training_log(checkpoint)
     epochs = max((len(v) for v in log.values()), default=0)
@@ -487,27 +521,43 @@ def training_curves(checkpoint: Path, out_png: Path, *, title: str = "") -> Path
     if epochs == 0:
         _no_data(top, "no epochs logged")
         return _save(figure, out_png)
+    handles = _loss_and_dice_panel(top, log) + _learning_rate_panel(bottom, log)
+    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+    if epochs == 1:
+        bottom.set_xlim(-0.5, 0.5)
+    return _save(figure, out_png)
 
-    def series(key: str, ax: Axes, **style: Any) -> list[Line2D]:
-        values = log[key]
-        if not values:
-            return []
-        return ax.plot(range(len(values)), values, marker="." if len(values) < 30 else None, **style)
 
+def _series(log: Mapping[str, Sequence[float]], key: str, ax: Axes, **style: Any) -> list[Line2D]:
+    """One per-epoch list of the log as a line (with dots while there are few epochs); none if empty."""
+    values = log[key]
+    if not values:
+        return []
+    return ax.plot(range(len(values)), values, marker="." if len(values) < 30 else None, **style)
+
+
+def _loss_and_dice_panel(top: Axes, log: Mapping[str, Sequence[float]]) -> list[Line2D]:
+    """Training and validation loss (left axis) and pseudo-Dice, raw and averaged (right axis, 0-1)."""
     dice_ax = top.twinx()
     lines = [
-        *series("train_losses", top, color="tab:blue", lw=1.8, label="training loss"),
-        *series("val_losses", top, color="tab:red", lw=1.8, label="validation loss"),
-        *series("mean_fg_dice", dice_ax, color="tab:green", lw=1.4, ls=":", label="pseudo-Dice"),
-        *series("ema_fg_dice", dice_ax, color="tab:green", lw=2.2, label="pseudo-Dice (moving avg.)"),
+        *_series(log, "train_losses", top, color="tab:blue", lw=1.8, label="training loss"),
+        *_series(log, "val_losses", top, color="tab:red", lw=1.8, label="validation loss"),
+        *_series(log, "mean_fg_dice", dice_ax, color="tab:green", lw=1.4, ls=":", label="pseudo-Dice"),
+        *_series(log, "ema_fg_dice", dice_ax, color="tab:green", lw=2.2, label="pseudo-Dice (moving avg.)"),
     ]
     top.set_ylabel("loss")
     top.grid(True, alpha=0.3)
     dice_ax.set_ylim(*_Y_LIMITS)
     dice_ax.set_ylabel("pseudo-Dice (validation, foreground mean)", color="tab:green")
     dice_ax.tick_params(axis="y", colors="tab:green")
+    return lines
 
-    lr_lines = series("lrs", bottom, color="black", lw=1.6, label="learning rate")
+
+def _learning_rate_panel(bottom: Axes, log: Mapping[str, Sequence[float]]) -> list[Line2D]:
+    """The learning rate per epoch, and each epoch's duration on a second axis (when logged)."""
+    from matplotlib.ticker import MaxNLocator
+
+    lines = _series(log, "lrs", bottom, color="black", lw=1.6, label="learning rate")
     bottom.set_ylabel("learning rate")
     finite_lrs = [lr for lr in log["lrs"] if not math.isnan(lr)]
     bottom.set_ylim(0, max(finite_lrs, default=1.0) * 1.08 or 1.0)
@@ -518,7 +568,7 @@ def training_curves(checkpoint: Path, out_png: Path, *, title: str = "") -> Path
     durations = [end - start for start, end in zip(starts, ends, strict=False)]
     if durations:
         time_ax = bottom.twinx()
-        lr_lines += time_ax.plot(
+        lines += time_ax.plot(
             range(len(durations)),
             durations,
             color="tab:gray",
@@ -531,8 +581,4 @@ def training_curves(checkpoint: Path, out_png: Path, *, title: str = "") -> Path
         time_ax.set_ylim(0, max(finite, default=1.0) * 1.15 or 1.0)
         time_ax.set_ylabel("epoch duration [s]", color="tab:gray")
         time_ax.tick_params(axis="y", colors="tab:gray")
-    handles = lines + lr_lines
-    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
-    if epochs == 1:
-        bottom.set_xlim(-0.5, 0.5)
-    return _save(figure, out_png)
+    return lines

@@ -26,10 +26,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from iterseg.evaluate.metrics import UNSCORED_LABELS
+from iterseg.paths import partial_path
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure, SubFigure
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +255,136 @@ def _rows(
     return rows, predicted
 
 
+@dataclass(frozen=True)
+class _Volumes:
+    """The image and label maps as ``(z, y, x)`` arrays in ``LPS`` orientation, and the voxel spacing."""
+
+    image: np.ndarray
+    prediction: np.ndarray
+    reference: np.ndarray | None
+    spacing: tuple[float, float, float]  # (x, y, z) in mm, as SimpleITK gives it
+
+
+@dataclass(frozen=True)
+class _Outlines:
+    """What the prediction-only mode outlines in every panel: the labels predicted, in their colours."""
+
+    present: Sequence[tuple[str, int]]
+    colours: Mapping[str, tuple[float, float, float]]
+
+
+#: Per view (axial, coronal, sagittal): name, the index letter of the slice, and the image origin.
+_VIEWS = (("axial", "z", "upper"), ("coronal", "y", "lower"), ("sagittal", "x", "lower"))
+
+
+def _oriented(image: sitk.Image, prediction: sitk.Image, reference: sitk.Image | None) -> _Volumes:
+    """Check the inputs, put the label maps on the image grid and everything in ``LPS`` orientation."""
+    import SimpleITK as sitk
+
+    if image.GetDimension() != 3:
+        raise ValueError(f"QC montage needs a 3-D image, got a {image.GetDimension()}-D image")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        components = image.GetNumberOfComponentsPerPixel()
+        raise ValueError(f"QC montage needs a scalar image, got {components} components per voxel")
+    prediction = _on_image_grid(prediction, image, "prediction")
+    if reference is not None:
+        reference = _on_image_grid(reference, image, "reference")
+
+    def oriented(volume: sitk.Image) -> np.ndarray:
+        return sitk.GetArrayFromImage(sitk.DICOMOrient(volume, "LPS"))
+
+    oriented_image = sitk.DICOMOrient(image, "LPS")
+    sx, sy, sz = oriented_image.GetSpacing()
+    return _Volumes(
+        sitk.GetArrayFromImage(oriented_image),
+        oriented(prediction),
+        None if reference is None else oriented(reference),
+        (sx, sy, sz),
+    )
+
+
+def _figure(n_rows: int) -> Figure:
+    """An empty figure on the Agg canvas, sized for ``n_rows`` rows of three slices."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    height = _ROW_HEIGHT_IN * n_rows + _CHROME_HEIGHT_IN
+    fig = Figure(figsize=(_FIG_WIDTH_IN, height), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _draw_row(
+    subfig: SubFigure, row: _Row, volumes: _Volumes, vlimits: tuple[float, float], outlines: _Outlines
+) -> None:
+    """One row: the axial, coronal and sagittal slices through ``row.centre``, with their outlines."""
+    sx, sy, sz = volumes.spacing
+    # (row spacing / column spacing) of the axial, coronal and sagittal slices.
+    aspects = (sy / sx, sz / sx, sz / sy)
+    subfig.suptitle(row.subtitle, fontsize="medium")
+    axes = subfig.subplots(1, 3)
+    pred_slices = _slices(volumes.prediction, row.centre)
+    ref_slices = None if volumes.reference is None else _slices(volumes.reference, row.centre)
+    for k, (ax, image_slice) in enumerate(zip(axes, _slices(volumes.image, row.centre), strict=True)):
+        view, letter, origin = _VIEWS[k]
+        ax.imshow(
+            image_slice,
+            cmap="gray",
+            vmin=vlimits[0],
+            vmax=vlimits[1],
+            aspect=aspects[k],
+            origin=origin,
+            interpolation="nearest",
+        )
+        ax.set_title(f"{view} ({letter}={row.centre[k]})", fontsize="small")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if ref_slices is not None:
+            # The reference wider and underneath, so where the two coincide the prediction shows
+            # on top with a reference fringe rather than hiding it.
+            if row.value is not None:
+                reference_rgb = _rgb(_REFERENCE_RGB, "reference")
+                _outline(ax, ref_slices[k] == row.value, reference_rgb, _REFERENCE_LINEWIDTH)
+                prediction_rgb = _rgb(_PREDICTION_RGB, "prediction")
+                _outline(ax, pred_slices[k] == row.value, prediction_rgb, _LINEWIDTH)
+        else:
+            for name, value in outlines.present:
+                _outline(ax, pred_slices[k] == value, outlines.colours[name], _LINEWIDTH)
+
+
+def _legend(fig: Figure, reference_mode: bool, outlines: _Outlines) -> None:
+    """Below the rows: reference and prediction colours, or the predicted labels' colours."""
+    from matplotlib.lines import Line2D
+
+    if reference_mode:
+        entries = [
+            ("reference", _rgb(_REFERENCE_RGB, "reference")),
+            ("prediction", _rgb(_PREDICTION_RGB, "prediction")),
+        ]
+    else:
+        entries = [(name, outlines.colours[name]) for name, _ in outlines.present]
+    if entries:
+        handles = [Line2D([], [], color=colour, linewidth=2.5, label=name) for name, colour in entries]
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), frameon=False)
+
+
+def _figure_title(title: str, predicted: bool) -> str:
+    """``title``, followed by "no foreground predicted" when the prediction is empty."""
+    return " - ".join(([title] if title else []) + ([] if predicted else ["no foreground predicted"]))
+
+
+def _save_png(fig: Figure, out_png: Path) -> Path:
+    """Write ``fig`` to ``out_png`` atomically (a temporary file beside it, then a rename)."""
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    partial = partial_path(out_png)
+    try:
+        fig.savefig(partial, format="png", dpi=_DPI)
+        os.replace(partial, out_png)
+    finally:
+        partial.unlink(missing_ok=True)
+    return out_png
+
+
 def qc_montage(
     image: sitk.Image,
     labels: Mapping[str, int],
@@ -272,9 +404,8 @@ def qc_montage(
     see the module docstring for the orientation. Without a reference every present label is outlined in
     its colour in every panel and the legend names the labels; with a reference each row outlines only its
     label, the reference in green (wider, underneath) and the prediction in magenta on top, and the legend
-    says which is which. If no
-    label is present at all, a single row goes through the volume centre and the figure title says
-    "no foreground predicted".
+    says which is which. If no label is present at all, a single row goes through the volume centre and
+    the figure title says "no foreground predicted".
 
     Parameters
     ----------
@@ -309,102 +440,25 @@ def qc_montage(
         If the image, prediction or reference is not 3-D, the image is not scalar, or a colour is not RGB.
 
     """
-    import SimpleITK as sitk
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-
-    if image.GetDimension() != 3:
-        raise ValueError(f"QC montage needs a 3-D image, got a {image.GetDimension()}-D image")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        components = image.GetNumberOfComponentsPerPixel()
-        raise ValueError(f"QC montage needs a scalar image, got {components} components per voxel")
-    prediction = _on_image_grid(prediction, image, "prediction")
-    if reference is not None:
-        reference = _on_image_grid(reference, image, "reference")
-
-    def oriented(volume: sitk.Image) -> np.ndarray:
-        return sitk.GetArrayFromImage(sitk.DICOMOrient(volume, "LPS"))
-
-    oriented_image = sitk.DICOMOrient(image, "LPS")
-    img = sitk.GetArrayFromImage(oriented_image)
-    sx, sy, sz = oriented_image.GetSpacing()
-    pred = oriented(prediction)
-    ref = None if reference is None else oriented(reference)
-    vmin, vmax = window(img, modality)
-
+    # Stays over 60 lines for its docstring, the montage's reference; the body is a list of phases.
+    volumes = _oriented(image, prediction, reference)
+    vlimits = window(volumes.image, modality)
     foreground = _foreground_labels(labels)
-    label_colours = _label_colours(foreground, colours)
-    rows, present = _rows(foreground, pred, ref, (sx, sy, sz))
-    title_lines = [title] if title else []
-    if not present:
-        title_lines.append("no foreground predicted")
+    rows, present = _rows(foreground, volumes.prediction, volumes.reference, volumes.spacing)
+    outlines = _Outlines(present, _label_colours(foreground, colours))
     if not rows:
-        centre = (img.shape[0] // 2, img.shape[1] // 2, img.shape[2] // 2)
-        rows = [_Row("", None, centre, "volume centre")]
+        shape = volumes.image.shape
+        rows = [_Row("", None, (shape[0] // 2, shape[1] // 2, shape[2] // 2), "volume centre")]
 
-    # (row spacing / column spacing) of the axial, coronal and sagittal slices.
-    aspects = (sy / sx, sz / sx, sz / sy)
-    origins = ("upper", "lower", "lower")
-    views = ("axial", "coronal", "sagittal")
-    axis_letters = ("z", "y", "x")
-
-    height = _ROW_HEIGHT_IN * len(rows) + _CHROME_HEIGHT_IN
-    fig = Figure(figsize=(_FIG_WIDTH_IN, height), dpi=_DPI, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = _figure(len(rows))
     try:
         subfigs = fig.subfigures(len(rows), 1, squeeze=False)[:, 0]
         for subfig, row in zip(subfigs, rows, strict=True):
-            subfig.suptitle(row.subtitle, fontsize="medium")
-            axes = subfig.subplots(1, 3)
-            pred_slices = _slices(pred, row.centre)
-            ref_slices = None if ref is None else _slices(ref, row.centre)
-            for k, (ax, image_slice) in enumerate(zip(axes, _slices(img, row.centre), strict=True)):
-                ax.imshow(
-                    image_slice,
-                    cmap="gray",
-                    vmin=vmin,
-                    vmax=vmax,
-                    aspect=aspects[k],
-                    origin=origins[k],
-                    interpolation="nearest",
-                )
-                ax.set_title(f"{views[k]} ({axis_letters[k]}={row.centre[k]})", fontsize="small")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if ref_slices is not None:
-                    # The reference wider and underneath, so where the two coincide the prediction shows
-                    # on top with a reference fringe rather than hiding it.
-                    if row.value is not None:
-                        reference_rgb = _rgb(_REFERENCE_RGB, "reference")
-                        _outline(ax, ref_slices[k] == row.value, reference_rgb, _REFERENCE_LINEWIDTH)
-                        prediction_rgb = _rgb(_PREDICTION_RGB, "prediction")
-                        _outline(ax, pred_slices[k] == row.value, prediction_rgb, _LINEWIDTH)
-                else:
-                    for name, value in present:
-                        _outline(ax, pred_slices[k] == value, label_colours[name], _LINEWIDTH)
-
-        if ref is not None:
-            entries = [
-                ("reference", _rgb(_REFERENCE_RGB, "reference")),
-                ("prediction", _rgb(_PREDICTION_RGB, "prediction")),
-            ]
-        else:
-            entries = [(name, label_colours[name]) for name, _ in present]
-        if entries:
-            handles = [Line2D([], [], color=colour, linewidth=2.5, label=name) for name, colour in entries]
-            fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), frameon=False)
-        if title_lines:
-            fig.suptitle(" - ".join(title_lines))
-
-        out_png = Path(out_png)
-        out_png.parent.mkdir(parents=True, exist_ok=True)
-        partial = out_png.with_name(f".{out_png.name}.{os.getpid()}.partial")
-        try:
-            fig.savefig(partial, format="png", dpi=_DPI)
-            os.replace(partial, out_png)
-        finally:
-            partial.unlink(missing_ok=True)
+            _draw_row(subfig, row, volumes, vlimits, outlines)
+        _legend(fig, volumes.reference is not None, outlines)
+        if title or not present:
+            fig.suptitle(_figure_title(title, bool(present)))
+        out_png = _save_png(fig, Path(out_png))
     finally:
         fig.clear()
     logger.debug("wrote QC montage %s (%d rows)", out_png, len(rows))

@@ -1,0 +1,146 @@
+"""QC pictures of one iteration (``iterseg qc``): every inbox prediction and every test case, as montages.
+
+One PNG per case (drawn by :mod:`iterseg.report.montage`), so researchers can skim an iteration's
+predictions in the report: ``inbox_<case>.png`` outlines the prediction of an inbox case on its image,
+``test_<patient>.png`` a test-set prediction against its reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from iterseg.convert.assemble import IGNORE_LABEL
+from iterseg.records import read_json
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
+
+    from iterseg.rawdata.inbox import InboxCase
+
+logger = logging.getLogger(__name__)
+
+
+def _sitk_image(case: InboxCase) -> sitk.Image:
+    """The inbox image as predicted: a DICOM series read the way the predict step reads it, or NIfTI."""
+    import SimpleITK as sitk
+
+    from iterseg.dicom.series import read_volume
+
+    if case.series is None:
+        return sitk.ReadImage(str(case.nifti))
+    array, geometry = read_volume(case.series)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(geometry["spacing"])
+    image.SetOrigin(geometry["origin"])
+    image.SetDirection(geometry["direction"])
+    return image
+
+
+def _inbox_montages(
+    results: Path,
+    inbox: Path,
+    labels: Mapping[str, int],
+    colours: Mapping[str, tuple[int, int, int]],
+    modality: str,
+    out: Path,
+) -> list[Path]:
+    """``inbox_<case>.png`` for every prediction of ``predictions.json`` whose case is still in the inbox."""
+    import SimpleITK as sitk
+
+    from iterseg.rawdata.inbox import discover_inbox
+    from iterseg.report.montage import qc_montage
+
+    written = []
+    cases = {c.case_id: c for c in discover_inbox(inbox, modality)} if inbox.is_dir() else {}
+    for entry in read_json(results / "predictions.json"):
+        case = cases.get(entry["case_id"])
+        if case is None:
+            logger.warning("%s: no longer in %s; no QC picture", entry["case_id"], inbox)
+            continue
+        written.append(
+            qc_montage(
+                _sitk_image(case),
+                labels,
+                sitk.ReadImage(str(results / entry["label"])),
+                out / f"inbox_{entry['case_id']}.png",
+                colours=colours,
+                title=f"{entry['case_id']}: prediction of iteration {results.name}",
+                modality=modality,
+            )
+        )
+    return written
+
+
+def _test_montages(
+    results: Path, assembled: Mapping[str, Any], labels: Mapping[str, int], modality: str, out: Path
+) -> list[Path]:
+    """``test_<patient>.png`` for every test case with a prediction: the prediction against the reference."""
+    import SimpleITK as sitk
+
+    from iterseg.report.montage import qc_montage
+
+    written = []
+    for record in assembled["records"]:
+        predicted = results / "test_predictions" / f"{record['case_id']}.nii.gz"
+        if record["split"] != "test" or not predicted.is_file():
+            continue
+        written.append(
+            qc_montage(
+                sitk.ReadImage(record["raw_image"]),
+                labels,
+                sitk.ReadImage(str(predicted)),
+                out / f"test_{record['patient_id']}.png",
+                reference=sitk.ReadImage(record["raw_label"]),
+                title=f"{record['patient_id']} (test set): iteration {results.name} vs reference",
+                modality=modality,
+            )
+        )
+    return written
+
+
+def qc_iteration(
+    results: Path,
+    inbox: Path,
+    assembled: Mapping[str, Any],
+    roi_yaml: Path,
+    modality: str,
+    out: Path,
+) -> list[Path]:
+    """QC montages of one iteration: every inbox prediction, and every test case against its reference.
+
+    Parameters
+    ----------
+    results
+        The iteration's results folder (``predictions.json``, ``labels/``, ``test_predictions/``).
+    inbox
+        The dataset's inbox (only read).
+    assembled
+        The iteration's ``assembled.json`` (test cases, their images and reference labels).
+    roi_yaml
+        Label colours (the same as in the SEGs).
+    modality
+        CT or MR (the grey window).
+    out
+        Folder receiving ``inbox_<case>.png`` and ``test_<case>.png``.
+
+    Returns
+    -------
+    list[Path]
+        The PNGs written, inbox cases first.
+
+    """
+    from iterseg.roi import load_roi_terms
+
+    labels = {k: int(v) for k, v in assembled["labels"].items() if k != IGNORE_LABEL}
+    colours = {name: term.colour for name, term in load_roi_terms(roi_yaml).items()}
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    written = _inbox_montages(results, inbox, labels, colours, modality, out)
+    written += _test_montages(results, assembled, labels, modality, out)
+    logger.info("%d QC picture(s) in %s", len(written), out)
+    return written
