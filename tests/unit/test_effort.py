@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from iterseg.errors import ConversionError
 from iterseg.evaluate.effort import case_effort, hd95, iteration_effort, summarise_effort
+from iterseg.records import Assembled
 
 pytestmark = pytest.mark.unit
 
@@ -99,14 +100,20 @@ def test_an_old_assembled_record_names_the_fix(tmp_path: Path) -> None:
             ]
         )
     )
-    assembled = {
-        "labels": LABELS,
-        "records": [{"case_id": "P9_x", "image_series_uid": "1.2.3", "change": "new", "patient_id": "P9"}],
-    }
+    record = {"case_id": "P9_x", "image_series_uid": "1.2.3", "change": "new", "patient_id": "P9"}
+    assembled = _assembled([record])
     with pytest.raises(ConversionError, match="forcerun convert_assemble"):
         iteration_effort(assembled, [results / "predictions.json"], 2.0)
-    assembled["records"][0]["change"] = "unchanged"  # only new or refined annotations are compared
-    assert iteration_effort(assembled, [results / "predictions.json"], 2.0).summary["cases"] == 0
+    # only new or refined annotations are compared
+    unchanged = _assembled([{**record, "change": "unchanged"}])
+    assert iteration_effort(unchanged, [results / "predictions.json"], 2.0).summary["cases"] == 0
+
+
+def _assembled(records: list[dict[str, object]]) -> Assembled:
+    return Assembled(
+        dataset_name="Dataset900_x", raw="raw", converted=(), labels=dict(LABELS), cases=(),
+        test_cases=(), test_set={}, summary={}, records=tuple(records),
+    )  # fmt: skip
 
 
 def test_annotation_effort_round_trips_its_json(tmp_path: Path) -> None:

@@ -227,7 +227,10 @@ def iteration_inputs(root: Path, date: str) -> dict[str, Path]:
     plans = work / "nnUNet_preprocessed" / "Dataset001_x" / "nnUNetPlans.json"
     plans.parent.mkdir(parents=True)
     plans.write_text('{"plans": 1}')
-    plan = {"dataset_id": 1, "dataset_name": "Dataset001_x", "plans": "nnUNetPlans", "configuration": "3d"}
+    plan = {
+        "dataset_id": 1, "dataset_name": "Dataset001_x", "plans": "nnUNetPlans", "configuration": "3d",
+        "plans_source": None, "architecture": {}, "patch_size": [8, 8, 8], "spacing": [1.0, 1.0, 1.0],
+    }  # fmt: skip
     files = {"plan_record": work / "planned.json", "assembled": work / "assembled.json"}
     files["plan_record"].write_text(json.dumps(plan))
     assembled = {
@@ -252,9 +255,13 @@ def iteration_inputs(root: Path, date: str) -> dict[str, Path]:
     out = root / "results" / date
     out.mkdir(parents=True)
     files["predictions"] = out / "predictions.json"
-    files["predictions"].write_text(json.dumps([{"case_id": "c", "label": "labels/c.nii.gz"}]))
+    prediction = {"case_id": "c", "patient_id": "Pc", "series_uid": "1.2", "label": "labels/c.nii.gz",
+                  "seg": None, "voxels_per_label": {"liver": 1}}  # fmt: skip
+    files["predictions"].write_text(json.dumps([prediction]))
     files["metrics"] = out / "test_metrics.json"
-    files["metrics"].write_text(json.dumps(_scored(0.9)))
+    files["metrics"].write_text(
+        json.dumps({"tolerance_mm": 2.0, "folds": ["0"], "labels": {"liver": 1}, "cases": {}, **_scored(0.9)})
+    )
     files["effort"] = out / "annotation_effort.json"
     files["effort"].write_text(json.dumps({"cases": [], "summary": {"cases": 0}}))
     files["roi"] = root / "roi.yaml"

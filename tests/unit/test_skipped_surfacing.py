@@ -86,10 +86,10 @@ def test_a_broken_list_is_named_not_raised(tmp_path: Path, caplog: pytest.LogCap
 def test_the_manifest_lists_conversion_skips_of_every_snapshot_then_predictions(tmp_path: Path) -> None:
     _project(tmp_path)
     converted = [str(tmp_path / f"data/procdata/ds/{d}__ds/converted") for d in ("2026-01-01", "2026-02-01")]
-    found = skipped_cases({"converted": converted}, tmp_path / "data/results/ds/2026-02-01")
+    found = skipped_cases(converted, tmp_path / "data/results/ds/2026-02-01")
     assert found == [BAD_CT, BAD_INBOX]
     # assembled.json of runs before skipping existed has no "converted": only prediction's then
-    assert skipped_cases({}, tmp_path / "data/results/ds/2026-02-01") == [BAD_INBOX]
+    assert skipped_cases((), tmp_path / "data/results/ds/2026-02-01") == [BAD_INBOX]
     assert read_skipped(tmp_path / "nothing.json") == []
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from iterseg.cli.common import add_command, optional_record
 from iterseg.cluster.gpus import DEFAULT_LOCK_DIR
-from iterseg.records import read_json, write_record
+from iterseg.records import Assembled, read_record, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def cmd_effort(args: argparse.Namespace) -> None:
     from iterseg.evaluate.effort import iteration_effort, write_effort
 
     result = iteration_effort(
-        assembled=read_json(Path(args.assembled)),
+        assembled=read_record(Path(args.assembled), Assembled),
         predictions=[Path(p) for p in args.predictions],
         tolerance_mm=args.nsd_tolerance_mm,
     )
@@ -143,7 +143,8 @@ def cmd_qc(args: argparse.Namespace) -> None:
     from iterseg.report.qc import qc_iteration
 
     qc_iteration(
-        results=Path(args.results), inbox=Path(args.inbox), assembled=read_json(Path(args.assembled)),
+        results=Path(args.results), inbox=Path(args.inbox),
+        assembled=read_record(Path(args.assembled), Assembled),
         roi_yaml=Path(args.roi_yaml), modality=args.modality, out=Path(args.out),
     )  # fmt: skip
 

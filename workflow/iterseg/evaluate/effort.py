@@ -20,7 +20,7 @@ import SimpleITK as sitk
 
 from iterseg.errors import ConversionError
 from iterseg.evaluate.metrics import UNSCORED_LABELS, dice, surface_dice
-from iterseg.records import AnnotationEffort, Predictions, read_record, write_record
+from iterseg.records import AnnotationEffort, Assembled, Predictions, read_record, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -319,7 +319,7 @@ def _case_row(effort: CaseEffort, record: Mapping[str, Any], seed: Seed) -> dict
 
 
 def iteration_effort(
-    assembled: Mapping[str, Any], predictions: Sequence[Path], tolerance_mm: float
+    assembled: Assembled, predictions: Sequence[Path], tolerance_mm: float
 ) -> AnnotationEffort:
     """Compare every annotation new in this iteration with the earlier prediction of its series.
 
@@ -341,10 +341,10 @@ def iteration_effort(
 
     """
     seeds = find_seeds(predictions)
-    labels = {k: int(v) for k, v in assembled["labels"].items()}
+    labels = dict(assembled.labels)
     rows: list[dict[str, Any]] = []
     efforts: list[CaseEffort] = []
-    for record in assembled["records"]:
+    for record in assembled.records:
         seed = seeds.get(record["image_series_uid"])
         if record["change"] not in ("new", "refined") or seed is None:
             continue

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from iterseg.evaluate.metrics import UNSCORED_LABELS, dice
-from iterseg.records import Predictions, read_record
+from iterseg.records import Assembled, Predictions, read_record
 
 logger = logging.getLogger(__name__)
 
@@ -92,13 +91,13 @@ def robust_z(value: float, reference: Sequence[float]) -> float | None:
     return round((value - median) / scale, 2)
 
 
-def annotated_volumes(assembled: Mapping[str, Any]) -> dict[str, list[float]]:
+def annotated_volumes(assembled: Assembled) -> dict[str, list[float]]:
     """Label -> volumes (ml) in the iteration's training annotations (faithful converted label maps)."""
     import SimpleITK as sitk
 
-    labels = {k: int(v) for k, v in assembled["labels"].items() if k not in UNSCORED_LABELS and int(v) > 0}
+    labels = {k: v for k, v in assembled.labels.items() if k not in UNSCORED_LABELS and v > 0}
     volumes: dict[str, list[float]] = {name: [] for name in labels}
-    for record in assembled["records"]:
+    for record in assembled.records:
         if record["split"] != "train" or not record.get("converted_label"):
             continue
         image = sitk.ReadImage(record["converted_label"])
@@ -191,6 +190,6 @@ def write_worklist(rows: Sequence[Mapping[str, Any]], out_csv: Path) -> None:
 def worklist(predictions_json: Path, assembled_json: Path, out_csv: Path) -> list[dict[str, Any]]:
     """Rank the inbox predictions of one iteration and write ``out_csv``."""
     predictions = read_record(predictions_json, Predictions).to_json()
-    rows = rank_cases(predictions, annotated_volumes(json.loads(assembled_json.read_text())))
+    rows = rank_cases(predictions, annotated_volumes(read_record(assembled_json, Assembled)))
     write_worklist(rows, out_csv)
     return rows

@@ -18,8 +18,13 @@ from iterseg.config import config_hash
 from iterseg.paths import plans_file
 from iterseg.records import (
     AnnotationEffort,
+    Assembled,
+    HoldoutMetrics,
     IterationSummary,
     Manifest,
+    PlanRecord,
+    Predictions,
+    TrainedRecord,
     read_json,
     read_record,
     write_record,
@@ -77,7 +82,7 @@ def release_iteration(
 
     """
     # 61-80 lines only for its parameter docs: the body is read, build, gate, settle, write
-    folds = [read_json(f) for f in fold_records]
+    folds = [read_record(f, TrainedRecord).to_json() for f in fold_records]
     manifest = _manifest(
         iteration, plan_record, assembled, folds, predictions, test_metrics, roi_yaml, config, previous
     )
@@ -110,8 +115,8 @@ def _manifest(
     previous: Path | None,
 ) -> Manifest:
     """The manifest from the iteration's records, before the effort and the gate are added."""
-    plan = read_json(plan_record)
-    assembled = read_json(assembled_json)
+    plan = read_record(plan_record, PlanRecord).to_json()
+    assembled = read_record(assembled_json, Assembled)
     parent = read_record(previous, IterationSummary).iteration if previous is not None else None
     return build_manifest(
         iteration,
@@ -119,13 +124,13 @@ def _manifest(
         plans_file(plan_record.parent, plan["dataset_name"], plan["plans"]),
         assembled,
         folds,
-        read_json(predictions),
-        read_json(test_metrics),
+        read_record(predictions, Predictions).to_json(),
+        read_record(test_metrics, HoldoutMetrics).to_json(),
         config,
         config_hash(config),
         roi_yaml,
         parent,
-        skipped_cases(assembled, predictions.parent),
+        skipped_cases(assembled.converted, predictions.parent),
     )
 
 

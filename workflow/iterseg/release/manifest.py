@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from iterseg.records import Manifest
+from iterseg.records import Assembled, Manifest
 from iterseg.skipped import SKIPPED_FILE, SKIPPED_PREDICTIONS_FILE, SkippedCase, read_skipped
 
 logger = logging.getLogger(__name__)
@@ -50,14 +50,14 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def skipped_cases(assembled: Mapping[str, Any], predictions_folder: Path) -> list[SkippedCase]:
+def skipped_cases(converted: Sequence[str], predictions_folder: Path) -> list[SkippedCase]:
     """The cases the iteration left out: conversion's, of every snapshot it trained on, then prediction's.
 
     Parameters
     ----------
-    assembled
-        The iteration's ``assembled.json``; its ``converted`` lists the snapshots' converted
-        folders (absent in records written before cases could be skipped: none then).
+    converted
+        The converted folders of the snapshots the iteration trained on (``Assembled.converted``;
+        empty in records written before cases could be skipped).
     predictions_folder
         The iteration's results folder, holding ``skipped_predictions.json``.
 
@@ -68,7 +68,7 @@ def skipped_cases(assembled: Mapping[str, Any], predictions_folder: Path) -> lis
 
     """
     found = [
-        c for folder in assembled.get("converted", []) for c in read_skipped(Path(folder) / SKIPPED_FILE)
+        c for folder in converted for c in read_skipped(Path(folder) / SKIPPED_FILE)
     ]
     return found + read_skipped(predictions_folder / SKIPPED_PREDICTIONS_FILE)
 
@@ -116,7 +116,7 @@ def build_manifest(
     iteration: str,
     plan: Mapping[str, Any],
     plans_file: Path,
-    assembled: Mapping[str, Any],
+    assembled: Assembled,
     folds: Sequence[Mapping[str, Any]],
     predictions: Sequence[Mapping[str, Any]],
     metrics: Mapping[str, Any] | None,
@@ -155,12 +155,12 @@ def build_manifest(
     """
     return Manifest(
         iteration=iteration,
-        dataset_name=assembled["dataset_name"],
+        dataset_name=assembled.dataset_name,
         parent={"iteration": parent, "checkpoints": {str(f["fold"]): f.get("pretrained") for f in folds}},
-        summary=dict(assembled["summary"]),
-        labels=dict(assembled["labels"]),
-        test_set=dict(assembled["test_set"]),
-        cases=tuple(manifest_case(r) for r in assembled["records"]),
+        summary=dict(assembled.summary),
+        labels=dict(assembled.labels),
+        test_set=dict(assembled.test_set),
+        cases=tuple(manifest_case(r) for r in assembled.records),
         config=dict(config),
         config_sha256=config_sha256,
         roi_yaml={"path": str(roi_yaml), "sha256": file_sha256(roi_yaml)},

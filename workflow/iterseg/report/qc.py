@@ -11,10 +11,10 @@ import logging
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from iterseg.convert.assemble import IGNORE_LABEL
-from iterseg.records import read_json
+from iterseg.records import Assembled, Predictions, read_record
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
@@ -56,19 +56,19 @@ def _inbox_montages(
 
     written = []
     cases = {c.case_id: c for c in discover_inbox(inbox, modality)} if inbox.is_dir() else {}
-    for entry in read_json(results / "predictions.json"):
-        case = cases.get(entry["case_id"])
+    for entry in read_record(results / "predictions.json", Predictions).predictions:
+        case = cases.get(entry.case_id)
         if case is None:
-            logger.warning("%s: no longer in %s; no QC picture", entry["case_id"], inbox)
+            logger.warning("%s: no longer in %s; no QC picture", entry.case_id, inbox)
             continue
         written.append(
             qc_montage(
                 _sitk_image(case),
                 labels,
-                sitk.ReadImage(str(results / entry["label"])),
-                out / f"inbox_{entry['case_id']}.png",
+                sitk.ReadImage(str(results / entry.label)),
+                out / f"inbox_{entry.case_id}.png",
                 colours=colours,
-                title=f"{entry['case_id']}: prediction of iteration {results.name}",
+                title=f"{entry.case_id}: prediction of iteration {results.name}",
                 modality=modality,
             )
         )
@@ -76,7 +76,7 @@ def _inbox_montages(
 
 
 def _test_montages(
-    results: Path, assembled: Mapping[str, Any], labels: Mapping[str, int], modality: str, out: Path
+    results: Path, assembled: Assembled, labels: Mapping[str, int], modality: str, out: Path
 ) -> list[Path]:
     """``test_<patient>.png`` for every test case with a prediction: the prediction against the reference."""
     import SimpleITK as sitk
@@ -84,7 +84,7 @@ def _test_montages(
     from iterseg.report.montage import qc_montage
 
     written = []
-    for record in assembled["records"]:
+    for record in assembled.records:
         predicted = results / "test_predictions" / f"{record['case_id']}.nii.gz"
         if record["split"] != "test" or not predicted.is_file():
             continue
@@ -105,7 +105,7 @@ def _test_montages(
 def qc_iteration(
     results: Path,
     inbox: Path,
-    assembled: Mapping[str, Any],
+    assembled: Assembled,
     roi_yaml: Path,
     modality: str,
     out: Path,
@@ -135,7 +135,7 @@ def qc_iteration(
     """
     from iterseg.roi import load_roi_terms
 
-    labels = {k: int(v) for k, v in assembled["labels"].items() if k != IGNORE_LABEL}
+    labels = {k: v for k, v in assembled.labels.items() if k != IGNORE_LABEL}
     colours = {name: term.colour for name, term in load_roi_terms(roi_yaml).items()}
     if out.exists():
         shutil.rmtree(out)
