@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, ClassVar, Protocol, Self, TypeVar, cast
 
 from iterseg.errors import IterSegError
 from iterseg.paths import partial_path
@@ -116,12 +116,47 @@ def plain_fields(record: Any) -> dict[str, Any]:
     return asdict(record)
 
 
+def _a_list(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        raise TypeError(f"a {type(data).__name__}, not a list")
+    return data
+
+
+class FieldsRecord:
+    """Mixin of a flat record dataclass whose JSON is its fields, in declaration order."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields, in declaration order."""
+        return asdict(cast(Any, self))
+
+    @classmethod
+    def from_json(cls, data: Any) -> Self:
+        """The record from a mapping of its fields."""
+        return cast(Self, cast(Any, cls)(**data))
+
+
+class ListRecord:
+    """Mixin of a record dataclass whose JSON is a list of ``ITEM`` records, held in its only field."""
+
+    ITEM: ClassVar[type[Any]]
+
+    def to_json(self) -> list[Any]:
+        """A JSON list of the items."""
+        (items,) = fields(cast(Any, self))
+        return [item.to_json() for item in getattr(self, items.name)]
+
+    @classmethod
+    def from_json(cls, data: Any) -> Self:
+        """The record from a JSON list of items."""
+        return cast(Self, cast(Any, cls)(tuple(cls.ITEM.from_json(item) for item in _a_list(data))))
+
+
 # --- convert: converted/cases.json, excluded.json, check.json, skipped.json, assembled.json ---
 # (and converted/snapshot_files.json, and the prediction's skipped_predictions.json: a SkippedCases)
 
 
 @dataclass(frozen=True)
-class ConvertedCase:
+class ConvertedCase(FieldsRecord):
     """One annotated image series of one snapshot, converted to NIfTI (or reused): a cases.json entry."""
 
     case_id: str
@@ -148,30 +183,14 @@ class ConvertedCase:
     conversion: str = "converted"  # or "reused"
     reused_from: str | None = None  # snapshot date whose NIfTI was reused
 
-    def to_json(self) -> dict[str, Any]:
-        """The fields, in declaration order."""
-        return plain_fields(self)
-
-    @classmethod
-    def from_json(cls, data: Any) -> Self:
-        """The case of one ``cases.json`` entry."""
-        return cls(**data)
-
 
 @dataclass(frozen=True)
-class ConvertedCases:
+class ConvertedCases(ListRecord):
     """``converted/cases.json``: the cases of one snapshot's conversion, in case-id order."""
 
+    ITEM: ClassVar[type[ConvertedCase]] = ConvertedCase
+
     cases: tuple[ConvertedCase, ...]
-
-    def to_json(self) -> list[dict[str, Any]]:
-        """A JSON list of the cases."""
-        return [c.to_json() for c in self.cases]
-
-    @classmethod
-    def from_json(cls, data: Any) -> Self:
-        """The cases of a ``cases.json`` list."""
-        return cls(tuple(ConvertedCase.from_json(c) for c in _a_list(data)))
 
 
 @dataclass(frozen=True)
@@ -193,19 +212,12 @@ class ExcludedAnnotation:
 
 
 @dataclass(frozen=True)
-class ExcludedAnnotations:
+class ExcludedAnnotations(ListRecord):
     """``converted/excluded.json``: the annotations of a snapshot left out of training."""
 
+    ITEM: ClassVar[type[ExcludedAnnotation]] = ExcludedAnnotation
+
     annotations: tuple[ExcludedAnnotation, ...]
-
-    def to_json(self) -> list[dict[str, Any]]:
-        """A JSON list of the annotations."""
-        return [a.to_json() for a in self.annotations]
-
-    @classmethod
-    def from_json(cls, data: Any) -> Self:
-        """The annotations of an ``excluded.json`` list."""
-        return cls(tuple(ExcludedAnnotation.from_json(a) for a in _a_list(data)))
 
 
 @dataclass(frozen=True)
@@ -232,7 +244,7 @@ class ConversionCheck:
 
 
 @dataclass(frozen=True)
-class SkippedCase:
+class SkippedCase(FieldsRecord):
     """One case left out of a step (``iterseg.skipped``): a skipped.json entry."""
 
     stage: str  # an iterseg.skipped.Stage
@@ -242,30 +254,14 @@ class SkippedCase:
     file: str  # the file (or folder) at fault
     message: str  # one line: the file, the cause and the fix
 
-    def to_json(self) -> dict[str, Any]:
-        """The fields, in declaration order."""
-        return plain_fields(self)
-
-    @classmethod
-    def from_json(cls, data: Any) -> Self:
-        """The case of one ``skipped.json`` entry."""
-        return cls(**data)
-
 
 @dataclass(frozen=True)
-class SkippedCases:
+class SkippedCases(ListRecord):
     """``converted/skipped.json`` and ``skipped_predictions.json``: the cases a step left out."""
 
+    ITEM: ClassVar[type[SkippedCase]] = SkippedCase
+
     cases: tuple[SkippedCase, ...]
-
-    def to_json(self) -> list[dict[str, Any]]:
-        """A JSON list of the cases."""
-        return [c.to_json() for c in self.cases]
-
-    @classmethod
-    def from_json(cls, data: Any) -> Self:
-        """The cases of a skipped-cases list."""
-        return cls(tuple(SkippedCase.from_json(c) for c in _a_list(data)))
 
 
 @dataclass(frozen=True)
@@ -332,17 +328,11 @@ class Assembled:
         )
 
 
-def _a_list(data: Any) -> list[Any]:
-    if not isinstance(data, list):
-        raise TypeError(f"a {type(data).__name__}, not a list")
-    return data
-
-
 # --- nnunet: planned.json, trained/fold_N.json, predicted.json / predictions.json ---
 
 
 @dataclass(frozen=True)
-class PlanRecord:
+class PlanRecord(FieldsRecord):
     """``planned.json``: what the plan step did (planned here, or transferred the first iteration's plans)."""
 
     dataset_id: int
@@ -356,15 +346,6 @@ class PlanRecord:
     batch_size: int | None = None
     overrides: dict[str, Any] | None = None  # applied to the first iteration's plans
     parameters: int | None = None  # of the network nnU-Net builds from these plans
-
-    def to_json(self) -> dict[str, Any]:
-        """The fields, in declaration order."""
-        return plain_fields(self)
-
-    @classmethod
-    def from_json(cls, data: Any) -> Self:
-        """The record of a ``planned.json``."""
-        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -465,19 +446,12 @@ class Prediction:
 
 
 @dataclass(frozen=True)
-class Predictions:
+class Predictions(ListRecord):
     """``predictions.json`` in an iteration's results folder: one entry per predicted inbox case."""
 
+    ITEM: ClassVar[type[Prediction]] = Prediction
+
     predictions: tuple[Prediction, ...]
-
-    def to_json(self) -> list[dict[str, Any]]:
-        """A JSON list of the predictions."""
-        return [p.to_json() for p in self.predictions]
-
-    @classmethod
-    def from_json(cls, data: Any) -> Self:
-        """The predictions of a ``predictions.json`` list."""
-        return cls(tuple(Prediction.from_json(p) for p in _a_list(data)))
 
 
 # --- evaluate: test_metrics.json, annotation_effort.json ---
