@@ -65,12 +65,16 @@ def json_ready(value: Any) -> Any:
     return value
 
 
-def write_json(path: Path, data: Any, *, indent: int | None = 2) -> None:
-    """Write ``data`` to ``path`` as strict JSON, atomically (a temporary file beside it, then a rename)."""
+def write_json(path: Path, data: Any, *, indent: int | None = 2, end: str = "\n") -> None:
+    """Write ``data`` to ``path`` as strict JSON, atomically (a temporary file beside it, then a rename).
+
+    ``end`` follows the JSON text: a newline for our records; ``""`` keeps the bytes of a file
+    rewritten in nnU-Net's folders as they were (the plans' hash keys fold resumption and the manifest).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(path)
     try:
-        partial.write_text(json.dumps(json_ready(data), indent=indent, allow_nan=False) + "\n")
+        partial.write_text(json.dumps(json_ready(data), indent=indent, allow_nan=False) + end)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)

@@ -16,7 +16,7 @@ from iterseg.errors import PlanTransferError
 from iterseg.nnunet.env import configure_nnunet
 from iterseg.nnunet.plans_override import PlansOverrides, apply_plans_overrides, count_parameters
 from iterseg.paths import nnunet_roots, plans_file, preprocessed_dir
-from iterseg.records import PlanRecord
+from iterseg.records import PlanRecord, write_json
 
 __all__ = ["PlanRecord", "plan_dataset"]
 
@@ -80,7 +80,7 @@ def _plan_here(
     target = plans_file(work, dataset_name, plans)
     planned = json.loads(target.read_text())
     changed = apply_plans_overrides(planned, configuration, spec, "config nnunet.plans_overrides")
-    target.write_text(json.dumps(changed, indent=2))
+    write_json(target, changed, indent=2, end="")
     logger.info("plans overrides %s written to %s", overrides, target)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from iterseg.errors import PlanTransferError, TrainingError
 from iterseg.nnunet.env import configure_nnunet
 from iterseg.paths import fold_dir_name, model_dir, plans_file
-from iterseg.records import PlanRecord, TrainedRecord, read_record
+from iterseg.records import PlanRecord, TrainedRecord, read_record, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def resumable_checkpoint(fold_dir: Path, key: str) -> Path | None:
         for path in stale:
             path.unlink()
     fold_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"key": key}) + "\n")
+    write_json(marker, {"key": key}, indent=None)
     return None
 
 
