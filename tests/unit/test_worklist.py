@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from iterseg.evaluate.worklist import fold_agreement, normalised_entropy, rank_cases, robust_z, write_worklist
+from iterseg.evaluate.uncertainty import fold_agreement, normalised_entropy
+from iterseg.report.worklist import rank_cases, robust_z, write_worklist
 
 pytestmark = pytest.mark.unit
 

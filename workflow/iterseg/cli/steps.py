@@ -151,7 +151,7 @@ def cmd_qc(args: argparse.Namespace) -> None:
 
 def cmd_worklist(args: argparse.Namespace) -> None:
     """Rank the iteration's inbox predictions: which to refine first."""
-    from iterseg.evaluate.worklist import worklist
+    from iterseg.report.worklist import worklist
 
     worklist(
         predictions_json=Path(args.predictions), assembled_json=Path(args.assembled), out_csv=Path(args.out)

@@ -27,7 +27,7 @@ from iterseg.dicom.geometry import Grid, series_grid
 from iterseg.dicom.seg_writer import SegType, export_for_series
 from iterseg.dicom.series import ImageSeries, read_volume
 from iterseg.errors import GeometryError, PredictionError, SegExportError
-from iterseg.evaluate.worklist import fold_agreement, normalised_entropy
+from iterseg.evaluate.uncertainty import fold_agreement, normalised_entropy
 from iterseg.nnunet.ensemble import load_ensemble
 from iterseg.nnunet.env import configure_nnunet
 from iterseg.paths import model_dir
