@@ -1,5 +1,6 @@
-# iterseg: annotated DICOM snapshots -> med-imagetools -> nnU-Net (fine-tuned per iteration)
+# iterseg: annotated DICOM snapshots -> checked NIfTI -> nnU-Net (fine-tuned per iteration)
 # -> DICOM-SEG -> data/results/<dataset>/latest. See README.md; settings in config/.
+# Each stage: workflow/rules/<stage>.smk -> an `iterseg` command -> workflow/iterseg/<package>/.
 
 
 configfile: "config/config.yaml"
@@ -16,10 +17,10 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
-    input:
-        all_iterations,
-        report_targets,
     default_target: True
+    input:
+        ITERATIONS.all_iterations,
+        ITERATIONS.report_targets,
 
 
 # At the end of every run, one warning line per case an iteration skipped (on_bad_case: skip).

@@ -1,28 +1,35 @@
-"""Convert: a dated rawdata snapshot -> NIfTI cases (checked against their DICOM; pairs unchanged since an
-earlier snapshot are reused) -> the iteration's nnU-Net raw dataset with its frozen test set."""
+"""Stage convert (iterseg convert, iterseg assemble -> workflow/iterseg/convert/).
+
+Consumes: a dated rawdata snapshot (read only), the dataset's ROI YAML, and the earlier snapshots'
+  converted/cases.json (pairs unchanged since are reused, not converted again).
+Produces: procdata/.../converted/ (NIfTI cases checked against their DICOM, cases.json,
+  skipped.json, excluded.json, check.json) and the iteration's nnU-Net raw dataset (assembled.json).
+Reads earlier iterations: the first iteration's assembled.json (its frozen test set) and the
+  previous one's (what changed since).
+"""
 
 
 rule convert_snapshot:
     input:
-        snapshot=snapshot_dir,
-        roi=roi_yaml,
-        earlier=earlier_conversions,
+        snapshot=ITERATIONS.snapshot_dir,
+        roi=PARAMS.roi_yaml,
+        earlier=ITERATIONS.earlier_conversions,
     output:
-        cases="data/procdata/{dataset}/{date}__{dataset}/converted/cases.json",
+        cases=paths.CASES,
     log:
-        "data/results/{dataset}/{date}/logs/convert_snapshot.log",
+        paths.log("convert_snapshot"),
     benchmark:
-        "data/results/{dataset}/{date}/benchmarks/convert_snapshot.tsv"
+        paths.benchmark("convert_snapshot")
     threads: 2
     resources:
         mem_mb=8000,
         runtime=120,
     params:
-        out="data/procdata/{dataset}/{date}__{dataset}/converted",
-        modality=modality,
-        strategy=mask_saving_strategy,
-        unrefined=unrefined_arg,
-        duplicates=duplicate_rule,
+        out=paths.CONVERTED,
+        modality=PARAMS.modality,
+        strategy=PARAMS.mask_saving_strategy,
+        unrefined=PARAMS.unrefined_arg,
+        duplicates=PARAMS.duplicate_rule,
         on_bad_case=ON_BAD_CASE,
     shell:
         "iterseg --log {log:q} convert --snapshot {input.snapshot:q} --out {params.out:q}"
@@ -34,26 +41,26 @@ rule convert_snapshot:
 
 rule convert_assemble:
     input:
-        converted=training_snapshots,
-        roi=roi_yaml,
-        first=first_assembled,
-        previous=previous_assembled,
+        converted=ITERATIONS.training_conversions,
+        roi=PARAMS.roi_yaml,
+        first=ITERATIONS.first_assembled,
+        previous=ITERATIONS.previous_assembled,
     output:
-        record="data/procdata/{dataset}/{date}__{dataset}/assembled.json",
+        record=paths.ASSEMBLED,
     log:
-        "data/results/{dataset}/{date}/logs/convert_assemble.log",
+        paths.log("convert_assemble"),
     threads: 1
     resources:
         mem_mb=1000,
         runtime=30,
     params:
-        work=work_dir,
-        name=nnunet_name,
-        converted=converted_dirs,
-        modality=modality,
-        missing_roi=missing_roi,
-        test_set=test_set_args,
-        previous=previous_assembled_arg,
+        work=ITERATIONS.work_dir,
+        name=PARAMS.nnunet_name,
+        converted=ITERATIONS.training_folders,
+        modality=PARAMS.modality,
+        missing_roi=PARAMS.missing_roi,
+        test_set=PARAMS.test_set_args,
+        previous=PARAMS.previous_assembled_arg,
     shell:
         "iterseg --log {log:q} assemble --work {params.work:q} --dataset-name {params.name:q}"
         " --converted {params.converted:q} --roi-yaml {input.roi:q}"
@@ -66,4 +73,4 @@ rule convert_assemble:
 # the first assembly job it reaches, then reports "BUG: Out of jobs ready to be started".)
 rule convert_all:
     input:
-        all_assembled,
+        ITERATIONS.all_assembled,

@@ -1,31 +1,37 @@
-"""Evaluate: the iteration's fold ensemble on the frozen test set -> per-label Dice and surface Dice;
-and the annotation effort: how much researchers changed our earlier predictions."""
+"""Stage evaluate (iterseg evaluate, iterseg effort -> workflow/iterseg/evaluate/).
+
+Consumes: the iteration's planned.json, fold records and assembled.json (its frozen test set).
+Produces: test_metrics.json (per-label Dice and surface Dice of the fold ensemble on the test set,
+  test_predictions/) and annotation_effort.json/.csv (how much researchers changed our
+  predictions before they became this iteration's annotations).
+Reads earlier iterations: every earlier iteration's predictions (predicted.json, predictions.json).
+"""
 
 
 rule evaluate_test:
     input:
-        plan="data/procdata/{dataset}/{date}__{dataset}/planned.json",
-        assembled="data/procdata/{dataset}/{date}__{dataset}/assembled.json",
-        folds=fold_records,
+        plan=paths.PLANNED,
+        assembled=paths.ASSEMBLED,
+        folds=FOLD_RECORDS,
     output:
-        metrics="data/results/{dataset}/{date}/test_metrics.json",
+        metrics=paths.TEST_METRICS,
     log:
-        "data/results/{dataset}/{date}/logs/evaluate_test.log",
+        paths.log("evaluate_test"),
     benchmark:
-        "data/results/{dataset}/{date}/benchmarks/evaluate_test.tsv"
+        paths.benchmark("evaluate_test")
     threads: 2
     resources:
         mem_mb=16000,
         runtime=120,
         gpu=STEP_GPUS,
     params:
-        work=work_dir,
-        trainer=trainer,
+        work=ITERATIONS.work_dir,
+        trainer=PARAMS.trainer,
         folds=NN.folds,
         device=NN.device,
         gpus=GPU_ARGS,
-        tolerance=nsd_tolerance,
-        out=results_dir,
+        tolerance=PARAMS.nsd_tolerance,
+        out=paths.RESULTS,
     shell:
         "iterseg --log {log:q} evaluate --work {params.work:q} --plan-record {input.plan:q}"
         " --trainer {params.trainer:q} --folds {params.folds:q} --device {params.device:q} {params.gpus}"
@@ -35,25 +41,25 @@ rule evaluate_test:
 
 rule evaluate_effort:
     input:
-        assembled="data/procdata/{dataset}/{date}__{dataset}/assembled.json",
-        predicted=earlier_predictions,
+        assembled=paths.ASSEMBLED,
+        predicted=ITERATIONS.earlier_predicted,
     output:
-        json="data/results/{dataset}/{date}/annotation_effort.json",
+        json=paths.EFFORT_JSON,
         csv=report(
-            "data/results/{dataset}/{date}/annotation_effort.csv",
+            paths.EFFORT_CSV,
             caption="../report/annotation_effort.rst",
             category="Annotation effort",
             subcategory="{date}",
         ),
     log:
-        "data/results/{dataset}/{date}/logs/evaluate_effort.log",
+        paths.log("evaluate_effort"),
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
     params:
-        tolerance=nsd_tolerance,
-        predictions=earlier_predictions_json,
+        tolerance=PARAMS.nsd_tolerance,
+        predictions=ITERATIONS.earlier_predictions,
     shell:
         "iterseg --log {log:q} effort --assembled {input.assembled:q} --predictions {params.predictions:q}"
         " --nsd-tolerance-mm {params.tolerance:q} --out-json {output.json:q} --out-csv {output.csv:q}"

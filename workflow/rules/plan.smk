@@ -1,27 +1,33 @@
-"""Plan: fingerprint + plan + preprocess the first iteration; later iterations transfer its plans."""
+"""Stage plan (iterseg plan -> workflow/iterseg/nnunet/plan.py).
+
+Consumes: the iteration's assembled.json (its nnU-Net raw dataset).
+Produces: nnUNet_preprocessed/ (plans, preprocessed data) and planned.json.
+Reads earlier iterations: later iterations transfer the first iteration's plans (its planned.json),
+  so its weights fit; the first plans itself, with the configured plans overrides.
+"""
 
 
 rule plan_preprocess:
     input:
-        assembled="data/procdata/{dataset}/{date}__{dataset}/assembled.json",
-        source=plans_source,
+        assembled=paths.ASSEMBLED,
+        source=ITERATIONS.plans_source,
     output:
-        record="data/procdata/{dataset}/{date}__{dataset}/planned.json",
+        record=paths.PLANNED,
     log:
-        "data/results/{dataset}/{date}/logs/plan_preprocess.log",
+        paths.log("plan_preprocess"),
     benchmark:
-        "data/results/{dataset}/{date}/benchmarks/plan_preprocess.tsv"
+        paths.benchmark("plan_preprocess")
     threads: NN.preprocess_processes
     resources:
         mem_mb=16000,
         runtime=240,
     params:
-        work=work_dir,
-        name=nnunet_name,
+        work=ITERATIONS.work_dir,
+        name=PARAMS.nnunet_name,
         configuration=NN.configuration,
         plans=NN.plans,
-        source=plans_source_arg,
-        overrides=plans_overrides_arg,
+        source=PARAMS.plans_source_arg,
+        overrides=PARAMS.plans_overrides_arg,
     shell:
         "iterseg --log {log:q} plan --work {params.work:q} --dataset-name {params.name:q}"
         " --configuration {params.configuration:q} --plans {params.plans:q}"

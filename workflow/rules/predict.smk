@@ -1,38 +1,41 @@
-"""Predict: the iteration's fold ensemble on every inbox case -> label NIfTI + DICOM-SEG (highdicom).
+"""Stage predict (iterseg predict -> workflow/iterseg/nnunet/predict.py).
 
-Staged in procdata and published into data/results/{dataset}/{date}/ (labels/, seg/,
-predictions.json, skipped_predictions.json) once every case is done, each by rename. The rule's
-output is the record in procdata: Snakemake deletes it, not the published files, before a forced
-re-run, so `latest` always holds a complete set. Consumers depend on the record and read
-predictions.json.
+Consumes: the iteration's planned.json and every fold record, the dataset's inbox (read only).
+Produces: label NIfTIs and DICOM-SEGs (highdicom) of every inbox case, staged in procdata and
+  published into results/<dataset>/<date>/ (labels/, seg/, predictions.json,
+  skipped_predictions.json) once every case is done, each by rename. The rule's output is the
+  record in procdata (predicted.json): Snakemake deletes it, not the published files, before a
+  forced re-run, so `latest` always holds a complete set. Consumers depend on the record and
+  read predictions.json.
+Reads earlier iterations: none.
 """
 
 
 rule predict_inbox:
     input:
-        plan="data/procdata/{dataset}/{date}__{dataset}/planned.json",
-        folds=fold_records,
-        roi=roi_yaml,
+        plan=paths.PLANNED,
+        folds=FOLD_RECORDS,
+        roi=PARAMS.roi_yaml,
     output:
-        record="data/procdata/{dataset}/{date}__{dataset}/predicted.json",
+        record=paths.PREDICTED,
     log:
-        "data/results/{dataset}/{date}/logs/predict_inbox.log",
+        paths.log("predict_inbox"),
     benchmark:
-        "data/results/{dataset}/{date}/benchmarks/predict_inbox.tsv"
+        paths.benchmark("predict_inbox")
     threads: 2
     resources:
         mem_mb=16000,
         runtime=120,
         gpu=STEP_GPUS,
     params:
-        work=work_dir,
-        trainer=trainer,
+        work=ITERATIONS.work_dir,
+        trainer=PARAMS.trainer,
         folds=NN.folds,
         device=NN.device,
         gpus=GPU_ARGS,
-        inbox=inbox_dir,
-        modality=modality,
-        out=results_dir,
+        inbox=PARAMS.inbox_dir,
+        modality=PARAMS.modality,
+        out=paths.RESULTS,
         description="iterseg {dataset} {date}",
         on_bad_case=ON_BAD_CASE,
     shell:

@@ -1,33 +1,38 @@
-"""Report: QC pictures and the refine-next worklist per iteration; curves and tables per dataset.
+"""Stage report (iterseg qc, iterseg worklist, iterseg report -> workflow/iterseg/report/).
 
+Consumes: an iteration's published predictions (predicted.json, predictions.json), its
+  assembled.json and test metrics; for the dataset report, every iteration.json of the dataset.
+Produces: results/<dataset>/<date>/qc/ (QC montages) and worklist.csv (which predictions to refine
+  next); results/<dataset>/report/ (learning, effort and training curves; iteration tables).
+Reads earlier iterations: the dataset report reads all of them.
 `snakemake --report report.html` gathers every output marked report() here and in evaluate.smk.
 """
 
 
 rule report_qc:
     input:
-        predicted="data/procdata/{dataset}/{date}__{dataset}/predicted.json",
-        metrics="data/results/{dataset}/{date}/test_metrics.json",
-        assembled="data/procdata/{dataset}/{date}__{dataset}/assembled.json",
-        roi=roi_yaml,
+        predicted=paths.PREDICTED,
+        metrics=paths.TEST_METRICS,
+        assembled=paths.ASSEMBLED,
+        roi=PARAMS.roi_yaml,
     output:
         qc=report(
-            directory("data/results/{dataset}/{date}/qc"),
+            directory(paths.QC),
             patterns=["{name}.png"],
             caption="../report/qc.rst",
             category="QC overlays",
             subcategory="{date}",
         ),
     log:
-        "data/results/{dataset}/{date}/logs/report_qc.log",
+        paths.log("report_qc"),
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
     params:
-        results=results_dir,
-        inbox=inbox_dir,
-        modality=modality,
+        results=ITERATIONS.results_dir,
+        inbox=PARAMS.inbox_dir,
+        modality=PARAMS.modality,
     shell:
         "iterseg --log {log:q} qc --results {params.results:q} --inbox {params.inbox:q} --assembled {input.assembled:q}"
         " --roi-yaml {input.roi:q} --modality {params.modality:q} --out {output.qc:q}"
@@ -35,23 +40,23 @@ rule report_qc:
 
 rule report_worklist:
     input:
-        predicted="data/procdata/{dataset}/{date}__{dataset}/predicted.json",
-        assembled="data/procdata/{dataset}/{date}__{dataset}/assembled.json",
+        predicted=paths.PREDICTED,
+        assembled=paths.ASSEMBLED,
     output:
         csv=report(
-            "data/results/{dataset}/{date}/worklist.csv",
+            paths.WORKLIST,
             caption="../report/worklist.rst",
             category="Refine next",
             subcategory="{date}",
         ),
     log:
-        "data/results/{dataset}/{date}/logs/report_worklist.log",
+        paths.log("report_worklist"),
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
     params:
-        predictions=predictions_json,
+        predictions=paths.PREDICTIONS,
     shell:
         "iterseg --log {log:q} worklist --predictions {params.predictions:q} --assembled {input.assembled:q}"
         " --out {output.csv:q}"
@@ -59,44 +64,44 @@ rule report_worklist:
 
 rule report_dataset:
     input:
-        iterations=dataset_iterations,
+        iterations=ITERATIONS.dataset_iterations,
     output:
         curves=report(
-            "data/results/{dataset}/report/learning_curves.png",
+            paths.report("learning_curves.png"),
             caption="../report/learning_curves.rst",
             category="Learning curves",
         ),
         effort=report(
-            "data/results/{dataset}/report/annotation_effort.png",
+            paths.report("annotation_effort.png"),
             caption="../report/effort_curves.rst",
             category="Annotation effort",
         ),
         table=report(
-            "data/results/{dataset}/report/iterations.html",
+            paths.report("iterations.html"),
             caption="../report/iterations.rst",
             category="Iterations",
         ),
         effort_table=report(
-            "data/results/{dataset}/report/annotation_effort.html",
+            paths.report("annotation_effort.html"),
             caption="../report/effort_table.rst",
             category="Annotation effort",
         ),
         training=report(
-            directory("data/results/{dataset}/report/training"),
+            directory(paths.report("training")),
             patterns=["{name}.png"],
             caption="../report/training.rst",
             category="Training curves",
         ),
-        csv="data/results/{dataset}/report/iterations.csv",
+        csv=paths.report("iterations.csv"),
     log:
-        "data/results/{dataset}/logs/report_dataset.log",
+        paths.dataset_log("report_dataset"),
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
     params:
-        results=dataset_results_dir,
-        out="data/results/{dataset}/report",
-        dates=iteration_dates,
+        results=ITERATIONS.dataset_results_dir,
+        out=paths.REPORT,
+        dates=ITERATIONS.dataset_dates,
     shell:
         "iterseg --log {log:q} report --results {params.results:q} --iterations {params.dates:q} --out {params.out:q}"

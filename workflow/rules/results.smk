@@ -1,31 +1,38 @@
-"""Results: write the iteration's manifest, gate it (every fold finished, test Dice within the
-allowed drop of `latest`) and move `latest` to it if it passes."""
+"""Stage results (iterseg promote -> workflow/iterseg/release/).
+
+Consumes: every record of the iteration (planned, assembled, folds, predicted, test metrics, effort).
+Produces: results/<dataset>/<date>/manifest.json and iteration.json; gates the iteration (every
+  fold finished, test Dice within the allowed drop of `latest`) and moves `latest` to it if it
+  passes (latest_history.jsonl records every move).
+Reads earlier iterations: the previous iteration's iteration.json: iterations are promoted in
+  date order, so `latest` only ever moves forward.
+"""
 
 
 rule results_promote:
     input:
-        plan="data/procdata/{dataset}/{date}__{dataset}/planned.json",
-        assembled="data/procdata/{dataset}/{date}__{dataset}/assembled.json",
-        folds=fold_records,
-        predicted="data/procdata/{dataset}/{date}__{dataset}/predicted.json",
-        metrics="data/results/{dataset}/{date}/test_metrics.json",
-        effort="data/results/{dataset}/{date}/annotation_effort.json",
-        roi=roi_yaml,
-        previous=previous_iteration,
+        plan=paths.PLANNED,
+        assembled=paths.ASSEMBLED,
+        folds=FOLD_RECORDS,
+        predicted=paths.PREDICTED,
+        metrics=paths.TEST_METRICS,
+        effort=paths.EFFORT_JSON,
+        roi=PARAMS.roi_yaml,
+        previous=ITERATIONS.previous_iteration,
     output:
-        summary="data/results/{dataset}/{date}/iteration.json",
+        summary=paths.ITERATION,
     log:
-        "data/results/{dataset}/{date}/logs/results_promote.log",
+        paths.log("results_promote"),
     threads: 1
     resources:
         mem_mb=500,
         runtime=5,
     params:
-        results=dataset_results_dir,
-        config=config_json,
+        results=ITERATIONS.dataset_results_dir,
+        config=PARAMS.config_json,
         max_drop=MAX_DICE_DROP,
-        previous=previous_iteration_arg,
-        predictions=predictions_json,
+        previous=PARAMS.previous_iteration_arg,
+        predictions=paths.PREDICTIONS,
     shell:
         "iterseg --log {log:q} promote --results {params.results:q} --iteration {wildcards.date:q}"
         " --plan-record {input.plan:q} --assembled {input.assembled:q}"

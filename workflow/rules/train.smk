@@ -1,16 +1,22 @@
-"""Train: one job per fold; every iteration after the first fine-tunes the previous one's fold."""
+"""Stage train (iterseg train -> workflow/iterseg/nnunet/train.py).
+
+Consumes: the iteration's planned.json (and the preprocessed data it names).
+Produces: one job per fold: nnUNet_results/.../fold_N/ and trained/fold_N.json.
+Reads earlier iterations: every iteration after the first fine-tunes the previous iteration's
+  same fold (its trained/fold_N.json names the checkpoint).
+"""
 
 
 rule train_fold:
     input:
-        plan="data/procdata/{dataset}/{date}__{dataset}/planned.json",
-        previous=previous_fold,
+        plan=paths.PLANNED,
+        previous=ITERATIONS.previous_fold,
     output:
-        record="data/procdata/{dataset}/{date}__{dataset}/trained/fold_{fold}.json",
+        record=paths.FOLD,
     log:
-        "data/results/{dataset}/{date}/logs/train_fold_{fold}.log",
+        paths.log("train_fold_{fold}"),
     benchmark:
-        "data/results/{dataset}/{date}/benchmarks/train_fold_{fold}.tsv"
+        paths.benchmark("train_fold_{fold}")
     threads: 2
     resources:
         mem_mb=NN.train_mem_mb,
@@ -18,13 +24,13 @@ rule train_fold:
         gpu=TRAIN_GPUS,
         cpu_training=CPU_TRAINING,
     params:
-        work=work_dir,
-        trainer=trainer,
-        schedule=schedule_args,
+        work=ITERATIONS.work_dir,
+        trainer=PARAMS.trainer,
+        schedule=PARAMS.schedule_args,
         device=NN.device,
         gpus=GPU_ARGS,
         num_gpus=NUM_GPUS_ARG,
-        pretrained=pretrained_arg,
+        pretrained=PARAMS.pretrained_arg,
     shell:
         "iterseg --log {log:q} train --work {params.work:q} --plan-record {input.plan:q}"
         " --trainer {params.trainer:q} --fold {wildcards.fold:q} --device {params.device:q} {params.gpus} {params.num_gpus}"

@@ -1,0 +1,68 @@
+"""What the rules pass to their commands: settings per dataset and the option strings built from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from conftest import REPO
+from iterseg.config import load_settings
+from iterseg.rawdata.discovery import Snapshot
+from iterseg.rule_params import Params
+
+pytestmark = pytest.mark.unit
+
+DATES = ("2026-01-15", "2026-03-02")
+
+
+@pytest.fixture
+def params(monkeypatch: pytest.MonkeyPatch) -> Params:
+    monkeypatch.chdir(REPO)  # the demo config names config/roi_demo.yaml relative to the project
+    config = {**yaml.safe_load((REPO / "config/config.yaml").read_text())}
+    config.update(yaml.safe_load((REPO / "config/demo.yaml").read_text()))
+    snaps = [Snapshot("demo", d, Path(f"data/rawdata/demo/{d}__demo"), i) for i, d in enumerate(DATES)]
+    return Params(load_settings(config), {"demo": snaps})
+
+
+def job(date: str) -> SimpleNamespace:
+    return SimpleNamespace(dataset="demo", date=date, fold="0")
+
+
+def test_the_first_iteration_holds_out_its_patients_and_later_ones_keep_that_test_set(params: Params) -> None:
+    first = params.test_set_args(job(DATES[0]), SimpleNamespace(first=[]))
+    assert first == "--test-fraction 0.2 --test-seed 0 --test-patients P003 P004"
+    later = params.test_set_args(job(DATES[1]), SimpleNamespace(first="data/x y/assembled.json"))
+    assert later == "--test-set-from 'data/x y/assembled.json'"
+
+
+def test_plans_overrides_shape_the_first_iteration_only(params: Params) -> None:
+    assert params.plans_overrides_arg(job(DATES[0])).startswith("--overrides '{\"batch_size\": 2")
+    assert params.plans_overrides_arg(job(DATES[1])) == ""
+
+
+def test_the_first_iteration_and_fine_tuning_have_their_own_schedules(params: Params) -> None:
+    assert params.schedule_args(job(DATES[0])) == "--epochs 3"
+    assert params.schedule_args(job(DATES[1])) == "--epochs 2 --initial-lr 0.005"
+    assert params.trainer(job(DATES[1])) == "nnUNetTrainerIterSegDemo"
+    assert params.nnunet_name(job(DATES[1])) == "Dataset902_demo_20260302"
+
+
+def test_optional_inputs_become_flags_only_when_present(params: Params) -> None:
+    none = SimpleNamespace(previous=[], source=[])
+    assert params.previous_assembled_arg(job(DATES[0]), none) == ""
+    assert params.pretrained_arg(job(DATES[0]), none) == ""
+    assert params.plans_source_arg(job(DATES[0]), none) == ""
+    some = SimpleNamespace(previous="a b.json", source="p.json")
+    assert params.previous_iteration_arg(job(DATES[1]), some) == "--previous 'a b.json'"
+    assert params.pretrained_arg(job(DATES[1]), some) == "--pretrained-from a b.json"
+    assert params.plans_source_arg(job(DATES[1]), some) == "--source-record p.json"
+
+
+def test_dataset_settings_and_the_config_a_dataset_depends_on(params: Params) -> None:
+    assert params.modality(job(DATES[0])) == "CT"
+    assert params.roi_yaml(job(DATES[0])) == "config/roi_demo.yaml"
+    assert params.inbox_dir(job(DATES[0])) == "data/rawdata/demo/inbox"
+    assert params.unrefined_arg(job(DATES[0])) == ""
+    assert '"datasets": {"demo":' in params.config_json(job(DATES[0]))
