@@ -22,7 +22,41 @@ from typing import Any, ClassVar, Protocol, Self, TypeVar, cast
 from iterseg.errors import IterSegError
 from iterseg.paths import partial_path
 
-__all__ = ["RecordError", "json_ready", "read_json", "read_record", "write_json", "write_record"]
+__all__ = [
+    "AnnotationEffort",
+    "Assembled",
+    "ConversionCheck",
+    "ConvertedCase",
+    "ConvertedCases",
+    "ExcludedAnnotation",
+    "ExcludedAnnotations",
+    "FieldsRecord",
+    "HoldoutMetrics",
+    "HoldoutScores",
+    "IterationSummary",
+    "LatestMove",
+    "ListRecord",
+    "Manifest",
+    "PlanRecord",
+    "PredictedRecord",
+    "Prediction",
+    "Predictions",
+    "Promotion",
+    "Record",
+    "RecordError",
+    "SkippedCase",
+    "SkippedCases",
+    "SnapshotFiles",
+    "TrainedRecord",
+    "append_history",
+    "json_ready",
+    "plain_fields",
+    "read_history",
+    "read_json",
+    "read_record",
+    "write_json",
+    "write_record",
+]
 
 
 class RecordError(IterSegError):
