@@ -14,6 +14,7 @@ include: "workflow/rules/predict.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/results.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/pacs.smk"
 
 
 rule all:
@@ -21,6 +22,7 @@ rule all:
     input:
         ITERATIONS.all_iterations,
         ITERATIONS.report_targets,
+        PACS_PUSHES,
 
 
 # At the end of every run, one warning line per case an iteration skipped (on_bad_case: skip).

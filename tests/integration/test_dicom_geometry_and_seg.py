@@ -82,3 +82,24 @@ def test_empty_prediction_still_exports(tmp_path: Path) -> None:
     seg_path = tmp_path / "empty.dcm"
     export_seg(label_map, series.datasets, LABELS, seg_path, "test", "test model")
     assert not seg_label_map(seg_path, series.datasets).any()
+
+
+def test_seg_options_set_the_transfer_syntax_and_keep_empty_frames(tmp_path: Path) -> None:
+    from iterseg.dicom.seg_options import SegOptions, SegTransferSyntax
+
+    write_ct_series(make_phantom("P904", 904), tmp_path / "CT")
+    (series,) = find_image_series(tmp_path / "CT", "CT")
+    label_map = np.zeros((len(series.datasets), 64, 64), np.uint8)
+    label_map[3:6, 20:30, 20:30] = 1
+    default, plain = tmp_path / "default.dcm", tmp_path / "plain.dcm"
+    export_seg(label_map, series.datasets, LABELS, default, "test", "test model")
+    options = SegOptions(SegTransferSyntax.EXPLICIT_VR_LITTLE_ENDIAN, omit_empty_frames=False)
+    export_seg(label_map, series.datasets, LABELS, plain, "test", "test model", options=options)
+    deflated, explicit = pydicom.dcmread(default), pydicom.dcmread(plain)
+    assert deflated.file_meta.TransferSyntaxUID == pydicom.uid.DeflatedExplicitVRLittleEndian
+    assert explicit.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert int(deflated.NumberOfFrames) == 3  # the liver's three slices; the empty tumour has none
+    assert int(explicit.NumberOfFrames) == 2 * len(series.datasets)  # every slice, every segment
+    for path in (default, plain):
+        assert np.array_equal(seg_label_map(path, series.datasets), label_map)
+        assert frame_positions_on_source_slices(path, series.datasets)

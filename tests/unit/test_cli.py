@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from iterseg.cli import app, steps, tools
+from iterseg.cli import app, pacs, steps, tools
 
 pytestmark = pytest.mark.unit
 
 BIN = Path(sys.executable).parent
-COMMANDS = steps.COMMANDS + tools.COMMANDS
+COMMANDS = steps.COMMANDS + tools.COMMANDS + pacs.COMMANDS
 MAX_HANDLER_LINES = 15  # def, docstring, imports, one engine call, the write
 
 
@@ -22,6 +22,7 @@ def test_help_lists_both_groups_and_every_command_with_its_help() -> None:
     run = subprocess.run([str(BIN / "iterseg"), "--help"], capture_output=True, text=True, check=True)
     steps_at = run.stdout.index("workflow steps (the Snakemake rules run these):")
     tools_at = run.stdout.index("\ntools:\n")
+    assert run.stdout.index("\nPACS:\n") > tools_at
     parser = app.build_parser()
     choices = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     assert sorted(choices) == sorted(COMMANDS)
@@ -70,7 +71,7 @@ def test_promote_calls_one_engine_function_of_release() -> None:
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("module", [steps, tools, app])
+@pytest.mark.parametrize("module", [steps, tools, pacs, app])
 def test_handlers_stay_short_and_write_through_records(module: object) -> None:
     path = Path(inspect.getfile(module))  # type: ignore[arg-type]
     text = path.read_text()
@@ -81,3 +82,11 @@ def test_handlers_stay_short_and_write_through_records(module: object) -> None:
             assert length <= 60, f"{path.name}: {node.name} has {length} lines"
             if node.name.startswith("cmd_"):
                 assert length <= MAX_HANDLER_LINES, f"{path.name}: {node.name} has {length} lines"
+
+
+@pytest.mark.parametrize("action", ["pull", "status", "push"])
+def test_every_pacs_action_has_its_help(action: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        app.main(["pacs", action, "--help"])
+    assert stopped.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: iterseg pacs {action} ")

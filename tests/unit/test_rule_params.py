@@ -66,3 +66,23 @@ def test_dataset_settings_and_the_config_a_dataset_depends_on(params: Params) ->
     assert params.inbox_dir(job(DATES[0])) == "data/rawdata/demo/inbox"
     assert params.unrefined_arg(job(DATES[0])) == ""
     assert '"datasets": {"demo":' in params.config_json(job(DATES[0]))
+
+
+def test_the_seg_encoding_reaches_the_predict_command(params: Params) -> None:
+    import argparse
+
+    from iterseg.cli.common import add_seg_options, seg_options
+    from iterseg.dicom.seg_options import SegOptions, SegTransferSyntax
+
+    assert params.seg_args(job(DATES[0])) == "--transfer-syntax deflated"
+    changed = load_settings(
+        {"datasets": {"demo": {"dataset_id": 9, "seg": {"transfer_syntax": "explicit_vr_little_endian",
+                                                        "omit_empty_frames": False}}}}
+    )  # fmt: skip
+    args = Params(changed, params.datasets).seg_args(job(DATES[0]))
+    assert args == "--transfer-syntax explicit_vr_little_endian --keep-empty-frames"
+    parser = argparse.ArgumentParser()
+    add_seg_options(parser)
+    parsed = seg_options(parser.parse_args(args.split()))
+    assert parsed == SegOptions(SegTransferSyntax.EXPLICIT_VR_LITTLE_ENDIAN, omit_empty_frames=False)
+    assert seg_options(parser.parse_args([])) == SegOptions()

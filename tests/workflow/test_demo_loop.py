@@ -848,3 +848,30 @@ def test_skipped_cases_surface_in_manifest_status_report_and_run_end(bad_inbox_r
             converted.unlink()
         else:
             converted.write_bytes(kept)
+
+
+def test_ohif_readers_show_every_predicted_seg_as_highdicom_reads_it(demo_run: dict) -> None:
+    """OHIF's own SEG readers (tests/ohif_readers.py) put every demo prediction on its CT voxel for voxel."""
+    from iterseg.nnunet.predict import PREDICTIONS_FILE
+    from iterseg.records import Predictions, read_record
+    from ohif_readers import OhifRead, assert_matches_ohif, ohif_missing, run_ohif
+
+    why = ohif_missing()
+    if why:
+        pytest.fail(f"the OHIF readers are part of the test set-up: {why}")
+    project = demo_run["project"]
+    inbox = project / "data/rawdata/demo/inbox"
+    pairs: list[tuple[Path, Path]] = []
+    for iteration in (FIRST, SECOND):
+        out = project / "data/results/demo" / iteration
+        predictions = read_record(out / PREDICTIONS_FILE, Predictions).predictions
+        assert predictions and all(p.seg for p in predictions), predictions  # the demo inbox is DICOM
+        for prediction in predictions:
+            (series,) = find_image_series(inbox / prediction.case_id, "CT")
+            assert series.series_uid == prediction.series_uid
+            (folder,) = {f.parent for f in series.files}
+            pairs.append((out / str(prediction.seg), folder))
+    for (seg_path, folder), result in zip(pairs, run_ohif(pairs), strict=True):  # one Node process
+        assert isinstance(result, OhifRead), f"OHIF's readers refused {seg_path}: {result}"
+        assert result.masks, f"{seg_path}: OHIF shows nothing"
+        assert_matches_ohif(seg_path, folder, ohif=result)

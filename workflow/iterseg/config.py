@@ -8,12 +8,16 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from iterseg.cluster.gpus import DEFAULT_LOCK_DIR
+from iterseg.dicom.seg_options import DEFAULT_SEG_OPTIONS, SegOptions, SegTransferSyntax
 from iterseg.errors import ConfigError
+
+if TYPE_CHECKING:
+    from iterseg.pacs.settings import PacsSettings
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +40,8 @@ class DatasetSettings:
     test_patients: tuple[str, ...] = ()
     test_seed: int = 0
     nsd_tolerance_mm: float = 2.0
+    seg: SegOptions = DEFAULT_SEG_OPTIONS
+    pacs: PacsSettings | None = None  # None: the dataset has no PACS
 
 
 @dataclass(frozen=True)
@@ -117,13 +123,23 @@ def validate_config(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> 
         lines = []
         for error in errors:
             where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-            lines.append(f"config key {where}: {error.message}")
+            lines.append(f"config key {where}: {_message(error, where)}")
         raise ConfigError(
             "invalid configuration:\n  "
             + "\n  ".join(lines)
             + f"\nSee {schema_path} for every key, its meaning and allowed values."
         )
     return config
+
+
+def _message(error: Any, where: str) -> str:
+    """The schema's message, except where it would repeat a secret (a URL with user:password@)."""
+    if where.endswith(".pacs.url") and error.validator == "pattern":
+        return (
+            "must be http(s)://host[:port]/path with no user or password in it (the value is not "
+            "repeated here); put credentials in environment variables named by pacs.auth."
+        )
+    return str(error.message)
 
 
 def _check_combinations(config: Mapping[str, Any]) -> None:
@@ -157,6 +173,8 @@ def _check_combinations(config: Mapping[str, Any]) -> None:
 
 
 def _dataset_settings(name: str, ds: Mapping[str, Any], config_dir: Path) -> DatasetSettings:
+    from iterseg.pacs.settings import pacs_settings
+
     return DatasetSettings(
         name=name,
         dataset_id=int(ds["dataset_id"]),
@@ -170,6 +188,8 @@ def _dataset_settings(name: str, ds: Mapping[str, Any], config_dir: Path) -> Dat
         test_patients=tuple(ds["test_set"]["patients"]),
         test_seed=int(ds["test_set"]["seed"]),
         nsd_tolerance_mm=float(ds["test_set"]["nsd_tolerance_mm"]),
+        seg=SegOptions(SegTransferSyntax(ds["seg"]["transfer_syntax"]), bool(ds["seg"]["omit_empty_frames"])),
+        pacs=pacs_settings(name, ds["pacs"], ds["modality"]) if "pacs" in ds else None,
     )
 
 

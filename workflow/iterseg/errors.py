@@ -59,3 +59,7 @@ class GeometryError(SegExportError, ConversionError):
 
     Both export and conversion need the grid, so both kinds of caller catch it.
     """
+
+
+class PacsError(IterSegError):
+    """The PACS cannot be reached, refuses us, or answers something we must not keep."""

@@ -81,6 +81,7 @@ TEST_METRICS = RESULTS + "/test_metrics.json"
 EFFORT_JSON = RESULTS + "/annotation_effort.json"
 EFFORT_CSV = RESULTS + "/annotation_effort.csv"
 ITERATION = RESULTS + "/iteration.json"  #: results_promote's record
+PACS_PUSHED = RESULTS + "/pacs_pushed.json"  #: pacs_push's record (datasets with a PACS)
 QC = RESULTS + "/qc"
 WORKLIST = RESULTS + "/worklist.csv"
 REPORT = DATASET_RESULTS + "/report"
@@ -195,6 +196,11 @@ def earlier_predictions(snapshots: Sequence[Snapshot], date: str) -> list[str]:
 def all_iterations(datasets: Mapping[str, Sequence[Snapshot]]) -> list[str]:
     """Every iteration's ``iteration.json``: the end of the loop."""
     return [_fill(ITERATION, s) for snaps in datasets.values() for s in snaps]
+
+
+def pacs_pushes(datasets: Mapping[str, Sequence[Snapshot]], with_pacs: Sequence[str]) -> list[str]:
+    """Every iteration's push record, for the datasets named in ``with_pacs`` (those with a PACS)."""
+    return [_fill(PACS_PUSHED, s) for name, snaps in datasets.items() if name in with_pacs for s in snaps]
 
 
 def all_assembled(datasets: Mapping[str, Sequence[Snapshot]]) -> list[str]:

@@ -83,6 +83,12 @@ class Params:
 
     # --- option strings -----------------------------------------------------------------------------
 
+    def seg_args(self, wildcards: Any) -> str:
+        """``--transfer-syntax`` (and ``--keep-empty-frames``) of the dataset's ``seg`` settings."""
+        seg = self._dataset(wildcards).seg
+        keep = "" if seg.omit_empty_frames else " --keep-empty-frames"
+        return f"--transfer-syntax {seg.transfer_syntax.value}{keep}"
+
     def unrefined_arg(self, wildcards: Any) -> str:
         """``--allow-unrefined-predictions`` where the dataset allows them."""
         return "--allow-unrefined-predictions" if self._dataset(wildcards).allow_unrefined_predictions else ""

@@ -18,6 +18,7 @@ from iterseg.errors import IterSegError
 from iterseg.cluster.gpus import detect_gpus
 from iterseg.rawdata.discovery import discover_snapshots
 from iterseg.rawdata.fingerprint import check_converted_snapshots
+from iterseg.pacs.settings import unset_credentials
 from iterseg.rule_params import Params
 from iterseg.skipped import warn_run  # the Snakefile's onsuccess/onerror: skipped cases on the terminal
 
@@ -50,6 +51,8 @@ NUM_GPUS_ARG = f"--num-gpus {NN.gpus_per_fold}" if TRAIN_GPUS > 1 else ""
 GPUS = (NN.gpus if NN.gpus is not None else tuple(detect_gpus())) if NN.device == "cuda" else ()
 GPU_ARGS = f"--gpus {' '.join(GPUS)} --gpu-lock-dir {shlex.quote(str(NN.gpu_lock_dir))}" if GPUS else ""
 FOLD_RECORDS = paths.fold_records(NN.folds)
+# datasets with a PACS push each promoted iteration's SEGs there (workflow/rules/pacs.smk)
+PACS_PUSHES = paths.pacs_pushes(SNAPSHOTS, [n for n, ds in SETTINGS.datasets.items() if ds.pacs is not None])
 
 if not SETTINGS.datasets:
     logger.warning(
@@ -59,6 +62,12 @@ if not SETTINGS.datasets:
 for _name, _snaps in SNAPSHOTS.items():
     if not _snaps:
         logger.warning(f"dataset {_name}: no snapshots under {SETTINGS.rawdata}/{_name}/ yet")
+    _pacs = SETTINGS.datasets[_name].pacs
+    if _pacs is not None and _pacs.push.enabled and unset_credentials(_pacs):
+        logger.warning(
+            f"dataset {_name}: {', '.join(unset_credentials(_pacs))} not set: pushing the predicted "
+            "SEGs to the PACS (pacs_push) will fail; export them before running snakemake."
+        )
 
 
 wildcard_constraints:

@@ -35,6 +35,7 @@ rule predict_inbox:
         gpus=GPU_ARGS,
         inbox=PARAMS.inbox_dir,
         modality=PARAMS.modality,
+        seg=PARAMS.seg_args,
         out=paths.RESULTS,
         description="iterseg {dataset} {date}",
         on_bad_case=ON_BAD_CASE,
@@ -42,5 +43,6 @@ rule predict_inbox:
         "iterseg --log {log:q} predict --work {params.work:q} --plan-record {input.plan:q}"
         " --trainer {params.trainer:q} --folds {params.folds:q} --device {params.device:q} {params.gpus}"
         " --inbox {params.inbox:q} --modality {params.modality:q} --out {params.out:q}"
-        " --description {params.description:q} --roi-yaml {input.roi:q} --on-bad-case {params.on_bad_case:q}"
+        " --description {params.description:q} --roi-yaml {input.roi:q} {params.seg}"
+        " --on-bad-case {params.on_bad_case:q}"
         " --output {output.record:q}"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from iterseg import __version__
-from iterseg.cli import steps, tools
+from iterseg.cli import pacs, steps, tools
 from iterseg.errors import IterSegError
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ Heavy imports (torch, nnU-Net, highdicom) happen inside the commands so ``--help
 GROUPS = (
     ("workflow steps (the Snakemake rules run these)", steps),
     ("tools", tools),
+    ("PACS", pacs),
 )
 
 
@@ -104,7 +105,7 @@ def _configure_logging(verbose: bool, quiet: bool, log: str | None = None) -> No
         to_terminal.setLevel(logging.ERROR)
         to_terminal.setFormatter(logging.Formatter(f"iterseg: %(message)s (log: {log})"))
         logging.getLogger().addHandler(to_terminal)
-    for noisy in ("highdicom", "matplotlib", "PIL"):
+    for noisy in ("highdicom", "matplotlib", "PIL", "dicomweb_client", "urllib3"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 

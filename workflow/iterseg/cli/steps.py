@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-from iterseg.cli.common import add_command, optional_record
+from iterseg.cli.common import add_command, add_seg_options, optional_record, seg_options
 from iterseg.cluster.gpus import DEFAULT_LOCK_DIR
 from iterseg.records import Assembled, read_record, write_record
 
@@ -109,7 +109,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         work=Path(args.work), plan_record=Path(args.plan_record), trainer=args.trainer,
         folds=tuple(args.folds), device=args.device, inbox=Path(args.inbox), modality=args.modality, out=out,
         description=args.description, roi_yaml=Path(args.roi_yaml) if args.roi_yaml else None,
-        on_bad_case=policy,
+        on_bad_case=policy, seg_options=seg_options(args),
     )  # fmt: skip
     write_record(Path(args.output), predicted_record(out=out, run=run, on_bad_case=policy))
 
@@ -331,6 +331,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--description", required=True)
     p.add_argument("--roi-yaml", help="coded descriptions and colours of the labels")
+    add_seg_options(p)
     p.add_argument(
         "--on-bad-case",
         default="skip",

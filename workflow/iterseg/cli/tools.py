@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from iterseg.cli.common import add_command
+from iterseg.cli.common import add_command, add_seg_options, seg_options
 
 COMMANDS = ("demo-data", "export-seg", "submit", "status", "rollback", "reconvert")
 
@@ -26,6 +26,7 @@ def cmd_export_seg(args: argparse.Namespace) -> None:
         reference=Path(args.reference), labels_path=Path(args.labels), roi_yaml=Path(args.roi_yaml),
         out=Path(args.out), modality=args.modality, series_uid=args.series_uid, seg_type=SegType(args.type),
         series_description=args.description, algorithm_version=args.algorithm_version,
+        options=seg_options(args),
     )  # fmt: skip
 
 
@@ -106,6 +107,7 @@ def _add_export_seg(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--algorithm-version", default="manual export", help="model identification recorded in each segment"
     )
+    add_seg_options(p)
 
 
 def _add_submit(sub: argparse._SubParsersAction) -> None:

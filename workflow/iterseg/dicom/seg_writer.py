@@ -18,17 +18,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from iterseg import __version__
 from iterseg.dicom.codes import Terminology, segment_description
 from iterseg.dicom.geometry import Grid, same_grid, same_voxels, series_grid
+from iterseg.dicom.seg_options import DEFAULT_SEG_OPTIONS, SegOptions, SegType
 from iterseg.dicom.series import ImageSeries, find_image_series
 from iterseg.errors import DicomReadError, SegExportError
 from iterseg.paths import partial_path
@@ -40,13 +39,6 @@ SEG_MANUFACTURER = "iterseg"
 ALGORITHM_NAME = "iterseg"  # how a SEG of ours is recognised when it comes back unedited
 LEGACY_ALGORITHM_NAMES = ("iterseg nnU-Net",)  # written by earlier versions
 IMAGE_MODALITIES = ("CT", "MR", "PT")
-
-
-class SegType(StrEnum):
-    """DICOM SegmentationType values the exporter writes."""
-
-    BINARY = "binary"
-    LABELMAP = "labelmap"
 
 
 def character_set(source: pydicom.Dataset) -> str | list[str] | None:
@@ -78,6 +70,7 @@ def export_seg(
     algorithm_version: str,
     seg_type: SegType = SegType.BINARY,
     terms: Mapping[str, Terminology] | None = None,
+    options: SegOptions = DEFAULT_SEG_OPTIONS,
 ) -> pydicom.Dataset:
     """Write ``label_map`` as a BINARY DICOM-SEG referencing ``source``.
 
@@ -97,11 +90,12 @@ def export_seg(
         Model identification (e.g. dataset and iteration) recorded in each segment.
     seg_type
         BINARY (default, every viewer) or LABELMAP (DICOM 2024; viewer support is young).
-        Either way the file is written Deflated Explicit VR Little Endian: 1-bit frames of
-        mostly background compress about 20-fold, and every DICOM toolkit reads deflate.
     terms
         Coded category/type and colour per label name (``roi.load_roi_terms``); labels not in
         it use the built-in table.
+    options
+        Transfer syntax (default Deflated Explicit VR Little Endian: 1-bit frames of mostly
+        background compress about 20-fold) and whether empty frames are left out.
 
     """
     if label_map.shape != (len(source), int(source[0].Rows), int(source[0].Columns)):
@@ -110,11 +104,12 @@ def export_seg(
     descriptions = _descriptions(named, algorithm_version, terms)
     pixels = _segment_numbers(label_map, named)
     # highdicom needs one frame when all are empty
-    seg = _segmentation(source, pixels, descriptions, seg_type, series_description, bool(label_map.any()))
+    omit = options.omit_empty_frames and bool(label_map.any())
+    seg = _segmentation(source, pixels, descriptions, seg_type, series_description, omit)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(path)
     try:
-        seg.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        seg.file_meta.TransferSyntaxUID = options.transfer_syntax.uid
         seg.save_as(partial, enforce_file_format=True)
         partial.replace(path)
     finally:
@@ -270,6 +265,7 @@ def export_label_image(
     seg_type: SegType = SegType.BINARY,
     series_description: str = "iterseg segmentation",
     algorithm_version: str = "manual export",
+    options: SegOptions = DEFAULT_SEG_OPTIONS,
 ) -> ExportResult:
     """Write ``labels_path`` as a DICOM-SEG of the image series in ``reference``.
 
@@ -291,6 +287,8 @@ def export_label_image(
         BINARY (default) or LABELMAP.
     series_description, algorithm_version
         SeriesDescription and the algorithm version recorded in every segment.
+    options
+        Transfer syntax and empty frames (:class:`~iterseg.dicom.seg_options.SegOptions`).
 
     Raises
     ------
@@ -314,6 +312,7 @@ def export_label_image(
         algorithm_version,
         grid,
         load_roi_terms(roi_yaml),
+        options,
     )
 
 
@@ -343,6 +342,7 @@ def export_for_series(
     algorithm_version: str = "",
     grid: Grid | None = None,
     terms: Mapping[str, Terminology] | None = None,
+    options: SegOptions = DEFAULT_SEG_OPTIONS,
 ) -> ExportResult:
     """Write a SimpleITK label image as a SEG of ``series``; the workflow's predict step calls this.
 
@@ -364,6 +364,8 @@ def export_for_series(
         The series' grid, if already computed.
     terms
         Coded description and colour per label (from the ROI YAML); default the built-in table.
+    options
+        As for :func:`export_seg`.
 
     Raises
     ------
@@ -388,6 +390,7 @@ def export_for_series(
         algorithm_version,
         seg_type,
         terms,
+        options,
     )
     counts = {name: int(np.count_nonzero(array == value)) for name, value in values.items() if value > 0}
     logger.info("%s: SEG of series %s written (%s)", out, series.series_uid, counts)

@@ -279,4 +279,3 @@ def evaluate_iteration(
     configure_nnunet(work, device=device)
     model = model_dir(work, plan.dataset_name, trainer, plan.plans, plan.configuration)
     return evaluate_test_set(model, folds, device, cases, out, tolerance_mm)
-

@@ -203,4 +203,3 @@ def plan_dataset(
         [target_id], plans_identifier=plans, configurations=(configuration,), num_processes=(processes,)
     )
     return _planned_record(work, dataset_name, configuration, plans, plans_source, overrides)
-

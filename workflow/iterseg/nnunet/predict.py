@@ -24,6 +24,7 @@ from pydicom.errors import InvalidDicomError
 from iterseg.convert.assemble import IGNORE_LABEL
 from iterseg.dicom.codes import Terminology
 from iterseg.dicom.geometry import Grid, series_grid
+from iterseg.dicom.seg_options import DEFAULT_SEG_OPTIONS, SegOptions
 from iterseg.dicom.seg_writer import SegType, export_for_series
 from iterseg.dicom.series import ImageSeries, read_volume
 from iterseg.errors import GeometryError, PredictionError, SegExportError
@@ -69,6 +70,7 @@ class _Model:
     description: str
     version: str
     terms: Mapping[str, Terminology] | None
+    seg_options: SegOptions = DEFAULT_SEG_OPTIONS
 
 
 class _BadCase(Exception):  # noqa: N818 - internal signal, never leaves this module
@@ -88,6 +90,7 @@ def _load_model(
     device: str,
     description: str,
     roi_yaml: Path | None,
+    seg_options: SegOptions,
 ) -> _Model:
     record = read_record(plan_record, PlanRecord)
     configure_nnunet(work, device=device)
@@ -100,7 +103,7 @@ def _load_model(
     labels = {name: value for name, value in ensemble.dataset_json["labels"].items() if name != IGNORE_LABEL}
     version = f"{description} {record.dataset_name} {trainer} folds {','.join(folds)}"
     terms = load_roi_terms(roi_yaml) if roi_yaml else None
-    return _Model(ensemble, per_fold, labels, description, version, terms)
+    return _Model(ensemble, per_fold, labels, description, version, terms, seg_options)
 
 
 def _cause(exc: BaseException) -> str:
@@ -208,6 +211,7 @@ def _export(
             model.version,
             grid=grid,
             terms=model.terms,
+            options=model.seg_options,
         )
     except (SegExportError, InvalidDicomError) as exc:
         (staging / label_rel).unlink(missing_ok=True)  # a skipped case publishes nothing
@@ -302,6 +306,7 @@ def predict_inbox(
     description: str,
     roi_yaml: Path | None = None,
     on_bad_case: BadCasePolicy = BadCasePolicy.SKIP,
+    seg_options: SegOptions = DEFAULT_SEG_OPTIONS,
 ) -> InboxPrediction:
     """Predict all inbox cases with the ensemble of ``folds``; publish NIfTI labels + DICOM-SEGs.
 
@@ -329,6 +334,8 @@ def predict_inbox(
         ``skip``: leave out (and list) a case that cannot be read, predicted or exported;
         ``fail``: publish nothing and name every bad case (after the first, the remaining cases
         are only read, not predicted, since the step fails anyway).
+    seg_options
+        Transfer syntax and empty frames of the SEG files (the dataset's ``seg`` settings).
 
     Raises
     ------
@@ -342,7 +349,7 @@ def predict_inbox(
     staging = _fresh_staging(work, out)
 
     def load() -> _Model:
-        return _load_model(work, plan_record, trainer, folds, device, description, roi_yaml)
+        return _load_model(work, plan_record, trainer, folds, device, description, roi_yaml, seg_options)
 
     run = _predict_cases(scan, load, inbox, modality, staging, on_bad_case)
     try:
@@ -416,4 +423,3 @@ def predicted_record(out: Path, run: InboxPrediction, on_bad_case: BadCasePolicy
         tuple(c.case for c in run.skipped),
         on_bad_case.value,
     )
-

@@ -30,7 +30,7 @@ from iterseg.records import (
     write_record,
 )
 from iterseg.release.gate import GateDecision, decide
-from iterseg.release.manifest import MANIFEST_FILE, build_manifest, skipped_cases
+from iterseg.release.manifest import MANIFEST_FILE, build_manifest, mark_refined_predictions, skipped_cases
 from iterseg.release.promote import current_latest, settle
 
 logger = logging.getLogger(__name__)
@@ -87,8 +87,12 @@ def release_iteration(
         iteration, plan_record, assembled, folds, predictions, test_metrics, roi_yaml, config, previous
     )
     if effort is not None:
-        summary = read_record(effort, AnnotationEffort).summary
-        manifest = dataclasses.replace(manifest, annotation_effort={"summary": summary, "file": str(effort)})
+        measured = read_record(effort, AnnotationEffort)
+        manifest = dataclasses.replace(
+            manifest,
+            cases=mark_refined_predictions(manifest.cases, measured.cases),
+            annotation_effort={"summary": measured.summary, "file": str(effort)},
+        )
     decision = _gate(results, folds, manifest, max_dice_drop)
     promotion = settle(results, iteration, decision.promote, decision.reason)
     path = results / iteration / MANIFEST_FILE

@@ -67,9 +67,7 @@ def skipped_cases(converted: Sequence[str], predictions_folder: Path) -> list[Sk
         Conversion's skipped cases in snapshot order, then prediction's.
 
     """
-    found = [
-        c for folder in converted for c in read_skipped(Path(folder) / SKIPPED_FILE)
-    ]
+    found = [c for folder in converted for c in read_skipped(Path(folder) / SKIPPED_FILE)]
     return found + read_skipped(predictions_folder / SKIPPED_PREDICTIONS_FILE)
 
 
@@ -104,6 +102,20 @@ def manifest_case(record: Mapping[str, Any]) -> dict[str, Any]:
         "partial_labels": r["partial_labels"],
         "conversion": {"how": r["conversion"], "reused_from": r["reused_from"], "key": r["key"]},
     }
+
+
+def mark_refined_predictions(
+    cases: Sequence[Mapping[str, Any]], effort_cases: Sequence[Mapping[str, Any]]
+) -> tuple[dict[str, Any], ...]:
+    """The manifest's cases, each annotation that refines one of our predictions marked so.
+
+    ``refines_prediction`` (the iteration and inbox case whose predicted SEG the annotation
+    supersedes, from ``annotation_effort.json``'s ``seeded_by``) is added to those cases; the
+    others get ``None``. A refined prediction is a new case for the training set (``change``
+    ``new``), but not new work from scratch: this is what tells them apart.
+    """
+    seeds = {str(c["case_id"]): c["seeded_by"] for c in effort_cases if c.get("seeded_by")}
+    return tuple({**case, "refines_prediction": seeds.get(str(case["case_id"]))} for case in cases)
 
 
 def fold_entry(fold: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,434 @@
+"""``iterseg pacs pull``: a new dated snapshot (and new inbox cases) from the PACS, whole or not at all.
+
+A pull takes every annotation (SEG or RTSTRUCT) on the PACS that no earlier pull took and that is
+not one of our own predicted SEGs back unedited, with the image series it references, into
+``rawdata/<dataset>/<date>__<dataset>/``; image series no annotation references go to the inbox,
+one folder per series. Every series is checked against the PACS's own instance list (a WADO-RS
+answer cut short is no error to dicomweb-client: it returns fewer instances), written into a
+hidden staging folder beside its target, and renamed into place only when complete. Existing
+snapshots and inbox folders are never written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom.errors import InvalidDicomError
+
+from iterseg.errors import PacsError
+from iterseg.pacs.client import Pacs, pacs_errors
+from iterseg.pacs.inventory import TAGS, Inventory, PacsAnnotation, PacsSeries, ProjectState, _text
+from iterseg.pacs.settings import PULL_RECORD
+from iterseg.paths import partial_path
+
+logger = logging.getLogger(__name__)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+ANY_TRANSFER_SYNTAX = (("application/dicom", "*"),)  # the stored bytes, not a transcoded copy
+
+
+@dataclass(frozen=True)
+class PullPlan:
+    """What a pull would take from the PACS, and what it leaves there and why."""
+
+    annotations: tuple[PacsAnnotation, ...]  # new, with their image series on the PACS
+    images: tuple[PacsSeries, ...]  # the image series those reference
+    inbox: tuple[PacsSeries, ...]  # image series without annotation, not yet in the inbox
+    refines: dict[str, dict[str, str]]  # annotation SOP UID -> the prediction it refines
+    already_pulled: int
+    unrefined_predictions: int  # SEGs of ours back unedited (not our UIDs: another copy of the project?)
+    our_segs_on_pacs: int
+    problems: tuple[str, ...]  # annotations left on the PACS, each with why
+
+    @property
+    def empty(self) -> bool:
+        """Nothing new: no annotation and no inbox case to pull."""
+        return not self.annotations and not self.inbox
+
+
+def safe_name(text: str) -> str:
+    """``text`` usable as one path component (PatientIDs hold slashes, spaces, umlauts)."""
+    return _UNSAFE.sub("-", text).strip(".-") or "unnamed"
+
+
+def short_hash(text: str) -> str:
+    """Eight hex digits identifying ``text`` (a UID) in a folder name."""
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def inbox_folder(series: PacsSeries) -> str:
+    """The inbox folder of an image series: stable, so a pull sees which series it already put there."""
+    return f"{safe_name(series.patient_id)}_{short_hash(series.series_uid)}"
+
+
+def plan_pull(inventory: Inventory, state: ProjectState, inbox: Path, allow_unrefined: bool) -> PullPlan:
+    """Decide what a pull takes, from the PACS inventory and what the project already has."""
+    new, problems, refines = [], [], {}
+    already = unrefined = 0
+    for ann in inventory.annotations:
+        if ann.sop_uid in state.pulled_annotations:
+            already += 1
+            continue
+        if ann.unrefined_prediction and not allow_unrefined:
+            unrefined += 1
+            continue
+        missing = [uid for uid in ann.references if uid not in inventory.images]
+        if not ann.references or missing:
+            what = f"series {', '.join(missing)}, not" if missing else "no image series"
+            problems.append(
+                f"{ann.series.modality} {ann.sop_uid} of patient {ann.series.patient_id} references {what} "
+                f"on the PACS among the dataset's {inventory_modality(inventory)} series: store its images "
+                "there (or widen pacs.studies)"
+            )
+            continue
+        new.append(ann)
+        for uid in ann.references:
+            if uid in state.predicted:
+                pred = state.predicted[uid]
+                refines[ann.sop_uid] = {"iteration": pred.iteration, "case_id": pred.case_id}
+    referenced = {uid for ann in inventory.annotations for uid in ann.references}
+    images = tuple(dict.fromkeys(inventory.images[uid] for ann in new for uid in ann.references))
+    unannotated = [
+        s
+        for uid, s in inventory.images.items()
+        if uid not in referenced and uid not in state.pulled_images and not (inbox / inbox_folder(s)).exists()
+    ]
+    return PullPlan(
+        tuple(new), images, tuple(unannotated), refines, already, unrefined, inventory.our_segs_on_pacs,
+        tuple(problems),
+    )  # fmt: skip
+
+
+def inventory_modality(inventory: Inventory) -> str:
+    """The image modality of the inventory's series (for messages)."""
+    return next((s.modality for s in inventory.images.values()), "image")
+
+
+def check_date(date: str, existing: Sequence[str], root: Path) -> None:
+    """Refuse a snapshot date that exists, or that would sort before the newest snapshot."""
+    try:
+        dt.date.fromisoformat(date)
+    except ValueError:
+        raise PacsError(f"--date {date!r} is not a date YYYY-MM-DD.") from None
+    if date in existing:
+        raise PacsError(
+            f"{root}/{date}__{root.name} exists and is never rewritten; pull again another day, or "
+            "pass --date with a later date."
+        )
+    if existing and date < max(existing):
+        raise PacsError(
+            f"--date {date} is before the newest snapshot {max(existing)} under {root}: iterations run in "
+            "date order, so a new snapshot must be the newest."
+        )
+
+
+def _instance_uids(pacs: Pacs, series: PacsSeries) -> set[str]:
+    with pacs_errors(pacs, f"listing the instances of series {series.series_uid}"):
+        listed = pacs.client.search_for_instances(
+            series.study_uid, series.series_uid, fields=["SOPInstanceUID"], get_remaining=True
+        )
+    return {_text(item, TAGS["sop"]) for item in listed}
+
+
+def _save_all(
+    pacs: Pacs, series: PacsSeries, folder: Path, only: set[str] | None, written: list[str], doing: str
+) -> None:
+    """Save each instance of ``series`` (or of ``only``) as it arrives; append its UID to ``written``."""
+    if only is None:
+        datasets: Any = pacs.client.iter_series(
+            series.study_uid, series.series_uid, media_types=ANY_TRANSFER_SYNTAX
+        )
+    else:
+        datasets = (
+            pacs.client.retrieve_instance(
+                series.study_uid, series.series_uid, uid, media_types=ANY_TRANSFER_SYNTAX
+            )
+            for uid in sorted(only)
+        )
+    for ds in datasets:
+        uid = str(ds.get("SOPInstanceUID", ""))
+        cut = incomplete(ds) if series.modality != "RTSTRUCT" else None
+        if cut:
+            raise PacsError(
+                f"PACS {pacs.url}: {doing}: instance {uid or '(no SOP Instance UID)'} arrived cut short "
+                f"({cut}): an answer cut short (PACS restarted, network); nothing was kept, pull again."
+            )
+        ds.save_as(folder / f"{safe_name(uid)}.dcm", enforce_file_format=True)
+        written.append(uid)
+
+
+def _write_series(pacs: Pacs, series: PacsSeries, folder: Path, only: set[str] | None = None) -> list[str]:
+    """Retrieve ``series`` (or its instances ``only``) into ``folder``; the SOP UIDs written.
+
+    Raises
+    ------
+    PacsError
+        When what arrived is not exactly the PACS's instance list (an answer cut short, a PACS
+        changing under us), or a request fails.
+
+    """
+    expected = _instance_uids(pacs, series) if only is None else set(only)
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+    doing = f"retrieving {series.modality} series {series.series_uid} of patient {series.patient_id}"
+    try:
+        with pacs_errors(pacs, doing):
+            _save_all(pacs, series, folder, only, written, doing)
+    except (ValueError, InvalidDicomError) as exc:  # a multipart part cut inside its headers
+        raise PacsError(
+            f"PACS {pacs.url}: {doing}: the answer broke off inside an instance ({type(exc).__name__}: "
+            f"{exc}): an answer cut short (PACS restarted, network); nothing was kept, pull again."
+        ) from None
+    got = set(written)
+    if got != expected or len(written) != len(got):
+        missing, extra = sorted(expected - got), sorted(got - expected)
+        raise PacsError(
+            f"PACS {pacs.url}: {doing}: {len(got)} of {len(expected)} instances arrived"
+            + (f" ({len(missing)} missing, e.g. {missing[0]})" if missing else "")
+            + (f" ({len(extra)} not in its instance list)" if extra else "")
+            + ": an answer cut short or a series changing on the PACS; nothing was kept, pull again."
+        )
+    return written
+
+
+def incomplete(ds: Any) -> str | None:
+    """Why a retrieved image (or SEG) is cut short, or None when its pixel data is whole.
+
+    A WADO-RS answer of several instances has no Content-Length on Orthanc: when the server dies
+    mid-answer, dicomweb-client hands the last, unterminated part to pydicom, which reads what
+    is there without complaint (the pixel data shorter than its header says, or missing).
+    """
+    import math
+
+    from pydicom.encaps import generate_frames
+
+    if "PixelData" not in ds:
+        return "no pixel data"
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        try:
+            got = sum(1 for _ in generate_frames(ds.PixelData, number_of_frames=frames))
+        except (ValueError, KeyError) as exc:
+            return f"compressed pixel data cut short ({exc})"
+        return None if got == frames else f"{got} of {frames} compressed frames"
+    pixels = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * frames
+    expected = math.ceil(pixels * int(ds.BitsAllocated) / 8)
+    got = len(ds.PixelData)
+    return None if got >= expected else f"{got} of {expected} bytes of pixel data"
+
+
+def _series_folder(series: PacsSeries) -> Path:
+    return Path(safe_name(series.patient_id)) / f"{series.modality}_{short_hash(series.series_uid)}"
+
+
+def _rename_into_place(staging: Path, target: Path) -> None:
+    if target.exists():
+        raise PacsError(f"{target} appeared while pulling; it was left as it is, and nothing was added.")
+    os.rename(staging, target)
+
+
+@dataclass(frozen=True)
+class PullResult:
+    """What a pull wrote: the snapshot (None when nothing was annotated) and the inbox folders."""
+
+    plan: PullPlan
+    snapshot: Path | None
+    inbox_folders: tuple[Path, ...]
+    files: int
+
+
+def _record(pacs: Pacs, plan: PullPlan, date: str, files: dict[str, list[str]]) -> dict[str, Any]:
+    return {
+        "pulled_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "snapshot_date": date,
+        "pacs": pacs.url,  # never credentials: the config refuses them in the URL
+        "filters": pacs.settings.studies.describe(),
+        "annotations": [
+            {
+                "sop_instance_uid": a.sop_uid,
+                "series_instance_uid": a.series.series_uid,
+                "study_instance_uid": a.series.study_uid,
+                "patient_id": a.series.patient_id,
+                "modality": a.series.modality,
+                "manufacturer": a.manufacturer,
+                "references": list(a.references),
+                "file": str(_series_folder(a.series) / f"{safe_name(a.sop_uid)}.dcm"),
+                "refines_prediction": plan.refines.get(a.sop_uid),
+            }
+            for a in plan.annotations
+        ],
+        "images": [
+            {
+                "series_instance_uid": s.series_uid,
+                "study_instance_uid": s.study_uid,
+                "patient_id": s.patient_id,
+                "modality": s.modality,
+                "instances": len(files[s.series_uid]),
+                "folder": str(_series_folder(s)),
+            }
+            for s in plan.images
+        ],
+        "left_on_pacs": list(plan.problems),
+    }
+
+
+def write_snapshot(pacs: Pacs, plan: PullPlan, dataset_root: Path, date: str) -> tuple[Path, int]:
+    """Write the plan's annotations and images as snapshot ``date``; its path and file count."""
+    from iterseg.records import write_json
+
+    target = dataset_root / f"{date}__{dataset_root.name}"
+    staging = partial_path(target)
+    try:
+        files: dict[str, list[str]] = {}
+        for series in plan.images:
+            files[series.series_uid] = _write_series(pacs, series, staging / _series_folder(series))
+        by_series: dict[PacsSeries, set[str]] = {}
+        for ann in plan.annotations:
+            by_series.setdefault(ann.series, set()).add(ann.sop_uid)
+        for series, uids in by_series.items():
+            _write_series(pacs, series, staging / _series_folder(series), only=uids)
+        write_json(staging / PULL_RECORD, _record(pacs, plan, date, files))
+        _rename_into_place(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target, sum(len(v) for v in files.values()) + len(plan.annotations)
+
+
+def write_inbox(pacs: Pacs, plan: PullPlan, inbox: Path) -> tuple[list[Path], int]:
+    """Write each new unannotated series as its own inbox folder; the folders and file count."""
+    folders, count = [], 0
+    for series in plan.inbox:
+        target = inbox / inbox_folder(series)
+        staging = partial_path(target)
+        try:
+            count += len(_write_series(pacs, series, staging))
+            inbox.mkdir(parents=True, exist_ok=True)
+            _rename_into_place(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        folders.append(target)
+    return folders, count
+
+
+def _plan(
+    settings: Any, dataset: str, rawdata: Path, inbox_name: str, results: Path
+) -> tuple[Pacs, PullPlan]:
+    from iterseg.pacs.client import connect
+    from iterseg.pacs.inventory import project_state, read_inventory
+    from iterseg.rawdata.discovery import discover_snapshots
+
+    ds = settings.datasets[dataset]
+    if ds.pacs is None:
+        raise PacsError(
+            f"dataset {dataset} has no pacs: entry in the config; add datasets.{dataset}.pacs.url."
+        )
+    root = rawdata / dataset
+    snapshots = discover_snapshots(rawdata, dataset, inbox_name) if root.is_dir() else []
+    state = project_state([s.path for s in snapshots], results / dataset)
+    pacs = connect(ds.pacs, dataset)
+    inventory = read_inventory(pacs, ds.pacs.studies, state.our_segs)
+    return pacs, plan_pull(inventory, state, root / inbox_name, ds.allow_unrefined_predictions)
+
+
+def pacs_status(settings: Any, dataset: str, rawdata: Path, inbox_name: str, results: Path) -> PullPlan:
+    """What ``pacs pull`` would take now (nothing is written).
+
+    Parameters
+    ----------
+    settings
+        The validated :class:`~iterseg.config.Settings`.
+    dataset
+        A dataset with a ``pacs:`` entry.
+    rawdata, inbox_name, results
+        The rawdata root, the inbox folder name, the results root (``data/results``).
+
+    Raises
+    ------
+    PacsError
+        No ``pacs:`` entry, a credential variable unset, the PACS unreachable or refusing us.
+
+    """
+    return _plan(settings, dataset, rawdata, inbox_name, results)[1]
+
+
+def pull_dataset(
+    settings: Any, dataset: str, rawdata: Path, inbox_name: str, results: Path, date: str | None = None
+) -> PullResult:
+    """Pull what is new on the dataset's PACS: snapshot ``date`` (default today) and inbox folders.
+
+    Parameters
+    ----------
+    settings, dataset, rawdata, inbox_name, results
+        As for :func:`pacs_status`.
+    date
+        The snapshot date, ``YYYY-MM-DD``; it must be after every existing snapshot's.
+
+    Raises
+    ------
+    PacsError
+        As for :func:`pacs_status`; a date that exists or is not the newest; an answer cut short
+        or a request failing during the download (nothing of that snapshot or folder is kept).
+
+    """
+    from iterseg.rawdata.discovery import discover_snapshots
+
+    root = rawdata / dataset
+    date = date or dt.date.today().isoformat()
+    existing = [s.date for s in discover_snapshots(rawdata, dataset, inbox_name)] if root.is_dir() else []
+    check_date(date, existing, root)
+    pacs, plan = _plan(settings, dataset, rawdata, inbox_name, results)
+    if plan.empty:
+        return PullResult(plan, None, (), 0)
+    root.mkdir(parents=True, exist_ok=True)
+    snapshot, files = write_snapshot(pacs, plan, root, date) if plan.annotations else (None, 0)
+    folders, inbox_files = write_inbox(pacs, plan, root / inbox_name)
+    return PullResult(plan, snapshot, tuple(folders), files + inbox_files)
+
+
+def describe_plan(plan: PullPlan, pacs_url: str) -> list[str]:
+    """The plan in lines for people (``pacs status``, and the end of ``pacs pull``)."""
+    lines = [f"PACS {pacs_url}:"]
+    refined = len(plan.refines)
+    lines.append(
+        f"  {len(plan.annotations)} new annotations ({refined} refining our predictions) of "
+        f"{len(plan.images)} image series"
+    )
+    for ann in plan.annotations:
+        note = plan.refines.get(ann.sop_uid)
+        how = f", refines the prediction of {note['case_id']} ({note['iteration']})" if note else ""
+        lines.append(
+            f"    {ann.series.patient_id}: {ann.series.modality} {ann.sop_uid} ({ann.manufacturer}){how}"
+        )
+    lines.append(f"  {len(plan.inbox)} new image series without annotation (for the inbox)")
+    lines += [
+        f"    {s.patient_id}: {s.modality} {s.series_uid} -> inbox/{inbox_folder(s)}" for s in plan.inbox
+    ]
+    lines.append(
+        f"  already pulled: {plan.already_pulled} annotations; our predicted SEGs there: "
+        f"{plan.our_segs_on_pacs} (never pulled back unedited)"
+        + (
+            f"; {plan.unrefined_predictions} other unrefined iterseg SEGs left out"
+            if plan.unrefined_predictions
+            else ""
+        )
+    )
+    lines += [f"  left on the PACS: {p}" for p in plan.problems]
+    return lines
+
+
+def describe_pull(result: PullResult, pacs_url: str) -> list[str]:
+    """What a pull took and wrote, in lines for people."""
+    lines = describe_plan(result.plan, pacs_url)
+    if result.plan.empty:
+        return [*lines, "nothing new on the PACS: no snapshot and no inbox folder written."]
+    where = f"snapshot {result.snapshot}" if result.snapshot else "no snapshot (nothing annotated)"
+    return [*lines, f"pulled {result.files} files: {where}; {len(result.inbox_folders)} new inbox folders."]
