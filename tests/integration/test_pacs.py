@@ -344,3 +344,24 @@ def test_push_of_an_iteration_records_what_was_stored_and_a_failure_writes_nothi
     )
     assert [p["sop_instance_uid"] for p in record["pushed"]] == [segs[0].sop_uid] == empty_orthanc.instances()
     assert record["transfer_syntax"] == "explicit_vr_little_endian" and output.is_file()
+
+
+@pytest.mark.parametrize(
+    ("studies", "found"),
+    [
+        ({"study_date_to": "2025-12-31"}, 0),  # the demo's studies are of 2026-01-01
+        ({"study_date_from": "2026-01-01", "study_date_to": "2026-01-01"}, 7),
+        ({"study_description": "^$"}, 7),  # the demo writes no StudyDescription: the regex sees ""
+        ({"study_description": "liver"}, 0),
+        ({"modality": "MR"}, 0),  # no MR series: the annotations' images are not among the dataset's
+    ],
+)
+def test_study_filters_select_the_dataset(
+    logged_in: OrthancServer, tmp_path: Path, studies: dict[str, str], found: int
+) -> None:
+    project = _project(tmp_path, logged_in.dicomweb_url, studies=studies)
+    s = settings(project)
+    plan = pacs_status(s, "demo", s.rawdata, s.inbox, project / "data/results")
+    assert len(plan.annotations) == found
+    if studies.get("modality") == "MR":
+        assert len(plan.problems) == 7 and "among the dataset's image series" in plan.problems[0]
