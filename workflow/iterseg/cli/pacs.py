@@ -76,11 +76,12 @@ def cmd_status(args: argparse.Namespace) -> None:
 def cmd_push(args: argparse.Namespace) -> None:
     """Push a promoted iteration's predicted SEGs to the PACS (the pacs_push rule)."""
     from iterseg.config import load_settings
+    from iterseg.errors import PacsError
     from iterseg.pacs.push import push_iteration
 
     pacs = load_settings(json.loads(args.config_json)).datasets[args.dataset].pacs
     if pacs is None:
-        raise SystemExit(f"dataset {args.dataset} has no pacs: entry")
+        raise PacsError(f"dataset {args.dataset} has no pacs: entry in the config; nothing to push to.")
     push_iteration(
         pacs, args.dataset, iteration=Path(args.iteration), predictions=Path(args.predictions),
         output=Path(args.output),

@@ -84,7 +84,8 @@ def _value(item: Mapping[str, Any], tag: str) -> Any:
     return values[0]
 
 
-def _text(item: Mapping[str, Any], tag: str) -> str:
+def json_text(item: Mapping[str, Any], tag: str) -> str:
+    """The first value of ``tag`` in a DICOM JSON item as text (a name: its alphabetic form); "" if none."""
     value = _value(item, tag)
     if isinstance(value, dict):  # a PN in DICOM JSON
         value = value.get("Alphabetic", "")
@@ -120,20 +121,20 @@ def _studies(pacs: Pacs, wanted: StudyFilter) -> list[dict[str, Any]]:
             for study in pacs.client.search_for_studies(
                 search_filters=query, fields=["StudyDescription", "PatientID"], get_remaining=True
             ):
-                found.setdefault(_text(study, TAGS["study"]), study)
+                found.setdefault(json_text(study, TAGS["study"]), study)
     studies = list(found.values())
     if wanted.study_description is not None:
         regex = wanted.study_description
-        studies = [s for s in studies if regex.search(_text(s, TAGS["study_description"]))]
+        studies = [s for s in studies if regex.search(json_text(s, TAGS["study_description"]))]
     if wanted.patient_ids:  # a PACS may match case-insensitively: check every ID ourselves
         studies = [
             s
             for s in studies
-            if any(fnmatch.fnmatchcase(_text(s, TAGS["patient"]), p) for p in wanted.patient_ids)
+            if any(fnmatch.fnmatchcase(json_text(s, TAGS["patient"]), p) for p in wanted.patient_ids)
         ]
     if wanted.orthanc_label is not None:
         labelled = _orthanc_labelled(pacs, wanted.orthanc_label)
-        studies = [s for s in studies if _text(s, TAGS["study"]) in labelled]
+        studies = [s for s in studies if json_text(s, TAGS["study"]) in labelled]
     return studies
 
 
@@ -171,7 +172,7 @@ def _orthanc_labelled(pacs: Pacs, label: str) -> set[str]:
 
 
 def _series(pacs: Pacs, study: Mapping[str, Any]) -> list[PacsSeries]:
-    study_uid = _text(study, TAGS["study"])
+    study_uid = json_text(study, TAGS["study"])
     with pacs_errors(pacs, f"listing the series of study {study_uid}"):
         listed = pacs.client.search_for_series(
             study_uid,
@@ -184,11 +185,11 @@ def _series(pacs: Pacs, study: Mapping[str, Any]) -> list[PacsSeries]:
         found.append(
             PacsSeries(
                 study_uid=study_uid,
-                series_uid=_text(item, TAGS["series"]),
-                patient_id=_text(item, TAGS["patient"]) or _text(study, TAGS["patient"]),
-                modality=_text(item, TAGS["modality"]),
+                series_uid=json_text(item, TAGS["series"]),
+                patient_id=json_text(item, TAGS["patient"]) or json_text(study, TAGS["patient"]),
+                modality=json_text(item, TAGS["modality"]),
                 instances=int(count) if count is not None else None,
-                description=_text(item, TAGS["series_description"]),
+                description=json_text(item, TAGS["series_description"]),
             )
         )
     return found

@@ -20,15 +20,18 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom.errors import InvalidDicomError
 
 from iterseg.errors import PacsError
 from iterseg.pacs.client import Pacs, pacs_errors
-from iterseg.pacs.inventory import TAGS, Inventory, PacsAnnotation, PacsSeries, ProjectState, _text
+from iterseg.pacs.inventory import TAGS, Inventory, PacsAnnotation, PacsSeries, ProjectState, json_text
 from iterseg.pacs.settings import PULL_RECORD
 from iterseg.paths import partial_path
+
+if TYPE_CHECKING:
+    from iterseg.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +139,7 @@ def _instance_uids(pacs: Pacs, series: PacsSeries) -> set[str]:
         listed = pacs.client.search_for_instances(
             series.study_uid, series.series_uid, fields=["SOPInstanceUID"], get_remaining=True
         )
-    return {_text(item, TAGS["sop"]) for item in listed}
+    return {json_text(item, TAGS["sop"]) for item in listed}
 
 
 def _save_all(
@@ -320,7 +323,7 @@ def write_inbox(pacs: Pacs, plan: PullPlan, inbox: Path) -> tuple[list[Path], in
 
 
 def _plan(
-    settings: Any, dataset: str, rawdata: Path, inbox_name: str, results: Path
+    settings: Settings, dataset: str, rawdata: Path, inbox_name: str, results: Path
 ) -> tuple[Pacs, PullPlan]:
     from iterseg.pacs.client import connect
     from iterseg.pacs.inventory import project_state, read_inventory
@@ -339,7 +342,7 @@ def _plan(
     return pacs, plan_pull(inventory, state, root / inbox_name, ds.allow_unrefined_predictions)
 
 
-def pacs_status(settings: Any, dataset: str, rawdata: Path, inbox_name: str, results: Path) -> PullPlan:
+def pacs_status(settings: Settings, dataset: str, rawdata: Path, inbox_name: str, results: Path) -> PullPlan:
     """What ``pacs pull`` would take now (nothing is written).
 
     Parameters
@@ -361,7 +364,7 @@ def pacs_status(settings: Any, dataset: str, rawdata: Path, inbox_name: str, res
 
 
 def pull_dataset(
-    settings: Any, dataset: str, rawdata: Path, inbox_name: str, results: Path, date: str | None = None
+    settings: Settings, dataset: str, rawdata: Path, inbox_name: str, results: Path, date: str | None = None
 ) -> PullResult:
     """Pull what is new on the dataset's PACS: snapshot ``date`` (default today) and inbox folders.
 
