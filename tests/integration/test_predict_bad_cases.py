@@ -19,24 +19,23 @@ import SimpleITK as sitk
 from iterseg.cli import main
 from iterseg.errors import PredictionError
 from iterseg.nnunet import predict
+from iterseg.nnunet.ensemble import FoldPrediction
 from iterseg.skipped import SKIPPED_PREDICTIONS_FILE, BadCasePolicy, read_skipped
 from real_dicom import planned_slices, write_series
 
 pytestmark = pytest.mark.integration
 
 
-class ThresholdNetwork:
-    """nnUNetPredictor's predict_single_npy_array, as a threshold at the volume's median."""
-
-    def predict_single_npy_array(self, volume: np.ndarray, *_: Any) -> Any:
-        seg = (volume[0] > np.median(volume[0])).astype(np.uint8)
-        return seg, np.stack([1.0 - seg, seg]).astype(np.float32)
+def threshold(volume: np.ndarray, properties: dict[str, Any]) -> FoldPrediction:
+    """A one-fold model's prediction (``ensemble.predict_folds``), as a threshold at the volume's median."""
+    seg = (volume[0] > np.median(volume[0])).astype(np.uint8)
+    return FoldPrediction(seg, np.stack([1.0 - seg, seg]).astype(np.float32), ())
 
 
 @pytest.fixture()
 def no_nnunet(monkeypatch: pytest.MonkeyPatch) -> None:
     def load(*args: Any) -> Any:
-        return predict._Model(ThresholdNetwork(), (), {"background": 0, "liver": 1}, "t", "t v1", None)
+        return predict._Model(threshold, {"background": 0, "liver": 1}, "t", "t v1", None)
 
     monkeypatch.setattr(predict, "_load_model", load)
 

@@ -277,6 +277,7 @@ def test_invalid_trainer_settings_fail_before_nnunet_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: dict[str, Any], expected: str
 ) -> None:
     from iterseg.nnunet import train
+
     def _never(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("nnU-Net must not be configured for invalid settings")
 

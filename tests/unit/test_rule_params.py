@@ -38,7 +38,7 @@ def test_the_first_iteration_holds_out_its_patients_and_later_ones_keep_that_tes
 
 
 def test_plans_overrides_shape_the_first_iteration_only(params: Params) -> None:
-    assert params.plans_overrides_arg(job(DATES[0])).startswith("--overrides '{\"batch_size\": 2")
+    assert params.plans_overrides_arg(job(DATES[0])).startswith('--overrides \'{"batch_size": 2')
     assert params.plans_overrides_arg(job(DATES[1])) == ""
 
 
@@ -86,3 +86,25 @@ def test_the_seg_encoding_reaches_the_predict_command(params: Params) -> None:
     parsed = seg_options(parser.parse_args(args.split()))
     assert parsed == SegOptions(SegTransferSyntax.EXPLICIT_VR_LITTLE_ENDIAN, omit_empty_frames=False)
     assert seg_options(parser.parse_args([])) == SegOptions()
+
+
+def test_the_inference_settings_reach_predict_and_evaluate(params: Params) -> None:
+    import argparse
+
+    from iterseg.cli.common import inference
+    from iterseg.cli.steps import _add_inference_args
+    from iterseg.nnunet.ensemble import Inference
+
+    assert params.inference_args(job(DATES[0])) == "--tile-step-size 0.5"
+    fast = load_settings(
+        {
+            "datasets": {"demo": {"dataset_id": 9}},
+            "nnunet": {"inference": {"tile_step_size": 1, "use_mirroring": False}},
+        }
+    )
+    args = Params(fast, params.datasets).inference_args(job(DATES[0]))
+    assert args == "--tile-step-size 1.0 --no-mirroring"
+    parser = argparse.ArgumentParser()
+    _add_inference_args(parser)
+    assert inference(parser.parse_args(args.split())) == Inference(1.0, use_mirroring=False)
+    assert inference(parser.parse_args([])) == Inference()

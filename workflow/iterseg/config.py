@@ -15,6 +15,7 @@ import yaml
 from iterseg.cluster.gpus import DEFAULT_LOCK_DIR
 from iterseg.dicom.seg_options import DEFAULT_SEG_OPTIONS, SegOptions, SegTransferSyntax
 from iterseg.errors import ConfigError
+from iterseg.nnunet.ensemble import DEFAULT_INFERENCE, Inference
 
 if TYPE_CHECKING:
     from iterseg.pacs.settings import PacsSettings
@@ -72,6 +73,7 @@ class NnunetSettings:
     gpus: tuple[str, ...] | None = None  # None: detect at start-up ("auto")
     gpu_lock_dir: Path = DEFAULT_LOCK_DIR
     gpus_per_fold: int = 1
+    inference: Inference = DEFAULT_INFERENCE
 
     def schedule(self, first: bool) -> Schedule:
         """The trainer settings of the first iteration (``first``) or of fine-tuning ones."""
@@ -210,6 +212,7 @@ def _nnunet_settings(nn: Mapping[str, Any]) -> NnunetSettings:
         gpus=None if nn["gpus"] == "auto" else tuple(str(g) for g in nn["gpus"]),
         gpu_lock_dir=Path(nn["gpu_lock_dir"]),
         gpus_per_fold=int(nn["gpus_per_fold"]),
+        inference=Inference(float(nn["inference"]["tile_step_size"]), bool(nn["inference"]["use_mirroring"])),
     )
 
 

@@ -83,6 +83,13 @@ class Params:
 
     # --- option strings -----------------------------------------------------------------------------
 
+    def inference_args(self, wildcards: Any) -> str:
+        """``--tile-step-size`` (and ``--no-mirroring``): the inbox and the test set are predicted alike."""
+        inference = self.settings.nnunet.inference
+        return f"--tile-step-size {inference.tile_step_size}" + (
+            "" if inference.use_mirroring else " --no-mirroring"
+        )
+
     def seg_args(self, wildcards: Any) -> str:
         """``--transfer-syntax`` (and ``--keep-empty-frames``) of the dataset's ``seg`` settings."""
         seg = self._dataset(wildcards).seg

@@ -30,11 +30,13 @@ rule evaluate_test:
         folds=NN.folds,
         device=NN.device,
         gpus=GPU_ARGS,
+        inference=PARAMS.inference_args,
         tolerance=PARAMS.nsd_tolerance,
         out=paths.RESULTS,
     shell:
         "iterseg --log {log:q} evaluate --work {params.work:q} --plan-record {input.plan:q}"
         " --trainer {params.trainer:q} --folds {params.folds:q} --device {params.device:q} {params.gpus}"
+        " {params.inference}"
         " --assembled {input.assembled:q} --nsd-tolerance-mm {params.tolerance:q}"
         " --out {params.out:q} --output {output.metrics:q}"
 

@@ -33,6 +33,7 @@ rule predict_inbox:
         folds=NN.folds,
         device=NN.device,
         gpus=GPU_ARGS,
+        inference=PARAMS.inference_args,
         inbox=PARAMS.inbox_dir,
         modality=PARAMS.modality,
         seg=PARAMS.seg_args,
@@ -42,6 +43,7 @@ rule predict_inbox:
     shell:
         "iterseg --log {log:q} predict --work {params.work:q} --plan-record {input.plan:q}"
         " --trainer {params.trainer:q} --folds {params.folds:q} --device {params.device:q} {params.gpus}"
+        " {params.inference}"
         " --inbox {params.inbox:q} --modality {params.modality:q} --out {params.out:q}"
         " --description {params.description:q} --roi-yaml {input.roi:q} {params.seg}"
         " --on-bad-case {params.on_bad_case:q}"

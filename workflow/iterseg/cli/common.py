@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from iterseg.dicom.seg_options import SegOptions, SegTransferSyntax
 from iterseg.records import Record, read_record
@@ -53,3 +53,10 @@ def add_seg_options(parser: argparse.ArgumentParser) -> None:
 def seg_options(args: argparse.Namespace) -> SegOptions:
     """The :class:`SegOptions` of the options :func:`add_seg_options` added."""
     return SegOptions(SegTransferSyntax(args.transfer_syntax), omit_empty_frames=not args.keep_empty_frames)
+
+
+def inference(args: argparse.Namespace) -> Any:
+    """The ``Inference`` settings of ``--tile-step-size`` and ``--no-mirroring``."""
+    from iterseg.nnunet.ensemble import Inference
+
+    return Inference(tile_step_size=args.tile_step_size, use_mirroring=not args.no_mirroring)

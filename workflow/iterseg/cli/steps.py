@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-from iterseg.cli.common import add_command, add_seg_options, optional_record, seg_options
+from iterseg.cli.common import add_command, add_seg_options, inference, optional_record, seg_options
 from iterseg.cluster.gpus import DEFAULT_LOCK_DIR
 from iterseg.records import Assembled, read_record, write_record
 
@@ -109,7 +109,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         work=Path(args.work), plan_record=Path(args.plan_record), trainer=args.trainer,
         folds=tuple(args.folds), device=args.device, inbox=Path(args.inbox), modality=args.modality, out=out,
         description=args.description, roi_yaml=Path(args.roi_yaml) if args.roi_yaml else None,
-        on_bad_case=policy, seg_options=seg_options(args),
+        on_bad_case=policy, seg_options=seg_options(args), inference=inference(args),
     )  # fmt: skip
     write_record(Path(args.output), predicted_record(out=out, run=run, on_bad_case=policy))
 
@@ -121,7 +121,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     metrics = evaluate_iteration(
         work=Path(args.work), plan_record=Path(args.plan_record), trainer=args.trainer,
         folds=tuple(args.folds), device=args.device, assembled=Path(args.assembled), out=Path(args.out),
-        tolerance_mm=args.nsd_tolerance_mm,
+        tolerance_mm=args.nsd_tolerance_mm, inference=inference(args),
     )  # fmt: skip
     write_record(Path(args.output), metrics)
 
@@ -235,6 +235,14 @@ def register(sub: argparse._SubParsersAction) -> tuple[str, ...]:
     return COMMANDS
 
 
+def _add_inference_args(parser: argparse.ArgumentParser) -> None:
+    """nnU-Net's sliding-window settings of a predicting step (``nnunet.inference``)."""
+    parser.add_argument(
+        "--tile-step-size", type=float, default=0.5, help="tile step as a fraction of the patch (default 0.5)"
+    )
+    parser.add_argument("--no-mirroring", action="store_true", help="no test-time mirroring")
+
+
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     """Which iteration, model and device a train or predict step works on."""
     parser.add_argument("--work", required=True, help="the iteration's procdata folder")
@@ -320,6 +328,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "predict", cmd_predict, "predict the inbox and export DICOM-SEGs")
     _add_model_args(p)
+    _add_inference_args(p)
     p.add_argument("--folds", nargs="+", required=True)
     p.add_argument("--inbox", required=True)
     p.add_argument("--modality", default="CT", choices=["CT", "MR"])
@@ -349,6 +358,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         sub, "evaluate", cmd_evaluate, "predict the frozen test set and score Dice and NSD per label"
     )
     _add_model_args(p)
+    _add_inference_args(p)
     p.add_argument("--folds", nargs="+", required=True)
     p.add_argument("--assembled", required=True, help="the iteration's assembled.json")
     p.add_argument("--nsd-tolerance-mm", type=float, default=2.0)

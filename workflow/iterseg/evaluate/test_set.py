@@ -14,7 +14,7 @@ import numpy as np
 from iterseg import records
 from iterseg.errors import EvaluationError
 from iterseg.evaluate.metrics import score_case, summarise
-from iterseg.nnunet.ensemble import load_ensemble
+from iterseg.nnunet.ensemble import DEFAULT_INFERENCE, Inference, load_ensemble
 from iterseg.records import HoldoutMetrics, HoldoutScores
 
 if TYPE_CHECKING:
@@ -159,6 +159,7 @@ def evaluate_test_set(
     cases: Sequence[HoldoutCase],
     out: Path,
     tolerance_mm: float,
+    inference: Inference = DEFAULT_INFERENCE,
 ) -> HoldoutMetrics:
     """Predict every test case with the fold ensemble and score it against its reference.
 
@@ -182,6 +183,8 @@ def evaluate_test_set(
         Folder receiving ``test_predictions/<case_id>.nii.gz`` and ``test_metrics.json``.
     tolerance_mm
         NSD tolerance in mm.
+    inference
+        Tile step size and test-time mirroring: those of the inbox prediction.
 
     Returns
     -------
@@ -204,7 +207,7 @@ def evaluate_test_set(
 
     from tqdm import tqdm
 
-    predictor = load_ensemble(model_folder, folds, device)
+    predictor = load_ensemble(model_folder, folds, device, inference=inference)
     labels: dict[str, Any] = dict(predictor.dataset_json["labels"])
     predictions_dir = out / "test_predictions"
     predictions_dir.mkdir(parents=True, exist_ok=True)
@@ -249,6 +252,7 @@ def evaluate_iteration(
     assembled: Path,
     out: Path,
     tolerance_mm: float,
+    inference: Inference = DEFAULT_INFERENCE,
 ) -> HoldoutMetrics:
     """The evaluate step: score the iteration's fold ensemble on its frozen test set.
 
@@ -262,7 +266,7 @@ def evaluate_iteration(
         Which trained model to ensemble, and where to run it.
     assembled
         The iteration's ``assembled.json``; its ``test`` records are the test set.
-    out, tolerance_mm
+    out, tolerance_mm, inference
         As in :func:`evaluate_test_set`.
 
     Returns
@@ -278,4 +282,4 @@ def evaluate_iteration(
     cases = holdout_cases(records.read_record(assembled, records.Assembled))
     configure_nnunet(work, device=device)
     model = model_dir(work, plan.dataset_name, trainer, plan.plans, plan.configuration)
-    return evaluate_test_set(model, folds, device, cases, out, tolerance_mm)
+    return evaluate_test_set(model, folds, device, cases, out, tolerance_mm, inference)

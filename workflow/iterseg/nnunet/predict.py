@@ -15,6 +15,7 @@ import re
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from iterseg.dicom.seg_writer import SegType, export_for_series
 from iterseg.dicom.series import ImageSeries, read_volume
 from iterseg.errors import GeometryError, PredictionError, SegExportError
 from iterseg.evaluate.uncertainty import fold_agreement, normalised_entropy
-from iterseg.nnunet.ensemble import load_ensemble
+from iterseg.nnunet.ensemble import DEFAULT_INFERENCE, FoldPrediction, Inference, load_ensemble, predict_folds
 from iterseg.nnunet.env import configure_nnunet
 from iterseg.paths import model_dir
 from iterseg.rawdata.inbox import InboxCase, InboxScan, scan_inbox
@@ -64,8 +65,7 @@ class InboxPrediction:
 
 @dataclass(frozen=True)
 class _Model:
-    predictor: Any
-    per_fold: tuple[Any, ...]
+    predict: Callable[[np.ndarray, dict[str, Any]], FoldPrediction]  # (volume, properties): every fold once
     labels: dict[str, int]
     description: str
     version: str
@@ -91,19 +91,18 @@ def _load_model(
     description: str,
     roi_yaml: Path | None,
     seg_options: SegOptions,
+    inference: Inference,
 ) -> _Model:
     record = read_record(plan_record, PlanRecord)
     configure_nnunet(work, device=device)
     folder = model_dir(work, record.dataset_name, trainer, record.plans, record.configuration)
-    ensemble = load_ensemble(folder, folds, device)
-    # one predictor per fold as well, to see where the fold models disagree (the worklist's
-    # signal); nnU-Net's ensemble itself stays the prediction that is exported
-    per_fold = tuple(load_ensemble(folder, (fold,), device) for fold in folds) if len(folds) > 1 else ()
+    ensemble = load_ensemble(folder, folds, device, inference=inference)
     # "ignore" marks unlabelled training voxels (partial labels); the network never predicts it.
     labels = {name: value for name, value in ensemble.dataset_json["labels"].items() if name != IGNORE_LABEL}
     version = f"{description} {record.dataset_name} {trainer} folds {','.join(folds)}"
     terms = load_roi_terms(roi_yaml) if roi_yaml else None
-    return _Model(ensemble, per_fold, labels, description, version, terms, seg_options)
+    # each fold once: nnU-Net's ensemble (exported) and where the folds disagree (the worklist's signal)
+    return _Model(partial(predict_folds, ensemble), labels, description, version, terms, seg_options)
 
 
 def _cause(exc: BaseException) -> str:
@@ -230,11 +229,9 @@ def _predict_case(model: _Model, case: InboxCase, modality: str, staging: Path) 
     array, geometry, grid = _read_case(case, modality)
     props = {"spacing": list(geometry["spacing"])[::-1]}
     volume = array[None].astype(np.float32)
-    seg, probabilities = model.predictor.predict_single_npy_array(volume, props, None, None, True)
-    seg = np.asarray(seg, dtype=np.uint8)
-    fold_segs = [
-        np.asarray(p.predict_single_npy_array(volume, props, None, None, False)) for p in model.per_fold
-    ]
+    predicted = model.predict(volume, props)
+    seg, probabilities = predicted.segmentation.astype(np.uint8), predicted.probabilities
+    fold_segs = list(predicted.fold_segmentations)
     image = sitk.GetImageFromArray(seg)
     image.SetSpacing(geometry["spacing"])
     image.SetOrigin(geometry["origin"])
@@ -307,6 +304,7 @@ def predict_inbox(
     roi_yaml: Path | None = None,
     on_bad_case: BadCasePolicy = BadCasePolicy.SKIP,
     seg_options: SegOptions = DEFAULT_SEG_OPTIONS,
+    inference: Inference = DEFAULT_INFERENCE,
 ) -> InboxPrediction:
     """Predict all inbox cases with the ensemble of ``folds``; publish NIfTI labels + DICOM-SEGs.
 
@@ -336,6 +334,8 @@ def predict_inbox(
         are only read, not predicted, since the step fails anyway).
     seg_options
         Transfer syntax and empty frames of the SEG files (the dataset's ``seg`` settings).
+    inference
+        Tile step size and test-time mirroring (``nnunet.inference``).
 
     Raises
     ------
@@ -349,7 +349,9 @@ def predict_inbox(
     staging = _fresh_staging(work, out)
 
     def load() -> _Model:
-        return _load_model(work, plan_record, trainer, folds, device, description, roi_yaml, seg_options)
+        return _load_model(
+            work, plan_record, trainer, folds, device, description, roi_yaml, seg_options, inference
+        )
 
     run = _predict_cases(scan, load, inbox, modality, staging, on_bad_case)
     try:
