@@ -8,6 +8,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from iterseg.config import load_settings
+from iterseg.convert.annotations import referenced_series
 from iterseg.errors import ConfigError, PacsError
 from iterseg.pacs.client import credentials
 from iterseg.pacs.inventory import (
@@ -16,7 +17,6 @@ from iterseg.pacs.inventory import (
     PacsSeries,
     Prediction,
     ProjectState,
-    referenced_series,
 )
 from iterseg.pacs.pull import check_date, inbox_folder, incomplete, plan_pull, safe_name
 from iterseg.pacs.settings import AuthSettings
@@ -94,7 +94,7 @@ def test_credentials_come_from_the_named_variables(monkeypatch: pytest.MonkeyPat
 
 
 def _series(uid: str, modality: str = "CT", patient: str = "P1") -> PacsSeries:
-    return PacsSeries("study-" + patient, uid, patient, modality, 3)
+    return PacsSeries("study-" + patient, uid, patient, modality)
 
 
 def _annotation(sop: str, refs: tuple[str, ...], unrefined: bool = False) -> PacsAnnotation:
@@ -160,17 +160,21 @@ def test_unsafe_patient_ids_become_one_path_component() -> None:
 
 def test_references_of_seg_and_rtstruct() -> None:
     seg = pydicom.Dataset()
+    seg.Modality = "SEG"
     item = pydicom.Dataset()
     item.SeriesInstanceUID = "1.2"
     seg.ReferencedSeriesSequence = [item]
-    assert referenced_series(seg) == ("1.2",)
+    assert referenced_series(seg) == "1.2"  # the series the pull fetches is the one conversion pairs
     rt, frame, study, series = (pydicom.Dataset() for _ in range(4))
     series.SeriesInstanceUID = "3.4"
     study.RTReferencedSeriesSequence = [series]
     frame.RTReferencedStudySequence = [study]
     rt.ReferencedFrameOfReferenceSequence = [frame]
-    assert referenced_series(rt) == ("3.4",)
-    assert referenced_series(pydicom.Dataset()) == ()
+    rt.Modality = "RTSTRUCT"
+    assert referenced_series(rt) == "3.4"
+    empty = pydicom.Dataset()
+    empty.Modality = "SEG"
+    assert referenced_series(empty) is None
 
 
 def test_a_cut_image_is_recognised() -> None:

@@ -102,7 +102,8 @@ def is_unrefined_prediction(ds: pydicom.Dataset) -> bool:
     return bool(segments) and all(ours(s) for s in segments)
 
 
-def _referenced_series(ds: pydicom.Dataset) -> str | None:
+def referenced_series(ds: pydicom.Dataset) -> str | None:
+    """The image series an annotation annotates: SEG ReferencedSeriesSequence, RTSTRUCT RT reference."""
     if ds.Modality == AnnotationKind.SEG.value:
         refs = getattr(ds, "ReferencedSeriesSequence", None)
         return str(refs[0].SeriesInstanceUID) if refs else None
@@ -221,7 +222,7 @@ def scan_series(folder: Path, *more: Path, problems: list[CaseProblem] | None = 
                 modality=str(header.Modality),
                 patient_id=header_text(header, "PatientID"),
                 folder=paths[0].parent,
-                referenced_series=_referenced_series(header),
+                referenced_series=referenced_series(header),
                 files=tuple(paths),
                 sop_uids=tuple(str(ds.SOPInstanceUID) for _, ds in members),
                 series_datetime=_datetime(header),

@@ -89,6 +89,18 @@ def hd95(reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float]
     return surface_distances(ref, pred, spacing).hausdorff(95.0)
 
 
+def _surface_scores(
+    refined: np.ndarray, predicted: np.ndarray, spacing: Sequence[float], tolerance_mm: float
+) -> tuple[float, float]:
+    """NSD and HD95 from one set of surface distances; empty masks as :func:`surface_dice`, :func:`hd95`."""
+    from iterseg.evaluate.surfaces import surface_distances
+
+    if not np.any(refined) or not np.any(predicted):
+        return surface_dice(refined, predicted, spacing, tolerance_mm), math.nan
+    distances = surface_distances(np.asarray(refined, bool), np.asarray(predicted, bool), spacing)
+    return distances.surface_dice(tolerance_mm), distances.hausdorff(95.0)
+
+
 def label_edit(
     name: str,
     predicted: np.ndarray,
@@ -119,11 +131,12 @@ def label_edit(
     after = float(np.count_nonzero(refined)) * voxel_ml
     changed = np.asarray(predicted, dtype=bool) != np.asarray(refined, dtype=bool)
     other_axes = tuple(a for a in range(changed.ndim) if a != slice_axis)
+    nsd, hd = _surface_scores(refined, predicted, spacing, tolerance_mm)
     return LabelEdit(
         label=name,
         dice=dice(refined, predicted),
-        nsd=surface_dice(refined, predicted, spacing, tolerance_mm),
-        hd95_mm=hd95(refined, predicted, spacing),
+        nsd=nsd,
+        hd95_mm=hd,
         volume_predicted_ml=round(before, 4),
         volume_refined_ml=round(after, 4),
         volume_change_ml=round(after - before, 4),

@@ -36,7 +36,6 @@ class PacsSeries:
     series_uid: str
     patient_id: str
     modality: str
-    instances: int | None  # NumberOfSeriesRelatedInstances, when the PACS gives it
     description: str = ""
 
 
@@ -100,7 +99,6 @@ TAGS = {
     "modality": "00080060",
     "study_description": "00081030",
     "series_description": "0008103E",
-    "instances": "00201209",
 }
 
 
@@ -176,32 +174,21 @@ def _series(pacs: Pacs, study: Mapping[str, Any]) -> list[PacsSeries]:
     with pacs_errors(pacs, f"listing the series of study {study_uid}"):
         listed = pacs.client.search_for_series(
             study_uid,
-            fields=["NumberOfSeriesRelatedInstances", "SeriesDescription", "PatientID"],
+            fields=["SeriesDescription", "PatientID"],
             get_remaining=True,
         )
     found = []
     for item in listed:
-        count = _value(item, TAGS["instances"])
         found.append(
             PacsSeries(
                 study_uid=study_uid,
                 series_uid=json_text(item, TAGS["series"]),
                 patient_id=json_text(item, TAGS["patient"]) or json_text(study, TAGS["patient"]),
                 modality=json_text(item, TAGS["modality"]),
-                instances=int(count) if count is not None else None,
                 description=json_text(item, TAGS["series_description"]),
             )
         )
     return found
-
-
-def referenced_series(ds: pydicom.Dataset) -> tuple[str, ...]:
-    """The image series an annotation references: SEG ReferencedSeriesSequence, RTSTRUCT's RT references."""
-    found = [str(item.SeriesInstanceUID) for item in ds.get("ReferencedSeriesSequence", [])]
-    for frame in ds.get("ReferencedFrameOfReferenceSequence", []):
-        for study in frame.get("RTReferencedStudySequence", []):
-            found += [str(s.SeriesInstanceUID) for s in study.get("RTReferencedSeriesSequence", [])]
-    return tuple(dict.fromkeys(uid for uid in found if uid))
 
 
 def _no_bulk_data(*_: Any) -> bytes:
@@ -209,7 +196,7 @@ def _no_bulk_data(*_: Any) -> bytes:
 
 
 def _annotations(pacs: Pacs, series: PacsSeries) -> list[PacsAnnotation]:
-    from iterseg.convert.annotations import is_unrefined_prediction
+    from iterseg.convert.annotations import is_unrefined_prediction, referenced_series
 
     with pacs_errors(pacs, f"reading the metadata of {series.modality} series {series.series_uid}"):
         metadata = pacs.client.retrieve_series_metadata(series.study_uid, series.series_uid)
@@ -220,7 +207,8 @@ def _annotations(pacs: Pacs, series: PacsSeries) -> list[PacsAnnotation]:
             PacsAnnotation(
                 series=series,
                 sop_uid=str(ds.get("SOPInstanceUID", "")),
-                references=referenced_series(ds),
+                # the series conversion pairs it with (the first it references)
+                references=tuple(uid for uid in [referenced_series(ds)] if uid),
                 manufacturer=str(ds.get("Manufacturer", "")),
                 unrefined_prediction=is_unrefined_prediction(ds),
             )
