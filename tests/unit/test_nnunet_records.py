@@ -31,6 +31,7 @@ PLANNED = {
     "batch_size": 2,
     "overrides": None,
     "parameters": 12345,
+    "planner": "nnUNetPlannerResEncM",
 }
 TRAINED = {
     "fold": "0",
@@ -79,6 +80,12 @@ def test_a_record_round_trips_its_json_exactly(tmp_path: Path, kind: Any, data: 
     record = read_record(path, kind)
     write_record(path, record)
     assert path.read_text() == json.dumps(data, indent=2) + "\n"  # same keys, order and values
+
+
+def test_a_plan_record_older_than_the_planner_choice_reads_as_the_classic_planner(tmp_path: Path) -> None:
+    path = tmp_path / "planned.json"
+    path.write_text(json.dumps({k: v for k, v in PLANNED.items() if k != "planner"}))
+    assert read_record(path, PlanRecord).planner == "ExperimentPlanner"
 
 
 def test_a_nan_entropy_is_written_as_null() -> None:

@@ -287,3 +287,72 @@ def test_invalid_trainer_settings_fail_before_nnunet_runs(
     with pytest.raises(TrainingError, match=expected):
         train.train_fold(tmp_path, tmp_path / "plan.json", "nnUNetTrainer", "0", "cpu", 1, **settings)
     assert "nnunetv2.run.run_training" not in sys.modules
+
+
+RESENC = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+
+
+@pytest.fixture
+def resenc_plans(plans: dict[str, Any]) -> dict[str, Any]:
+    """The demo's plans with the 3d_fullres network nnU-Net's ResEnc planners write (residual encoder)."""
+    plans["plans_name"] = "nnUNetResEncUNetMPlans"
+    plans["experiment_planner_used"] = "nnUNetPlannerResEncM"
+    arch = plans["configurations"]["3d_fullres"]["architecture"]
+    kwargs = arch["arch_kwargs"]
+    n = kwargs.pop("n_conv_per_stage") and kwargs["n_stages"]
+    arch["network_class_name"] = RESENC
+    kwargs["n_blocks_per_stage"] = [1, 3, 4, 6, 6][:n]
+    kwargs["n_conv_per_stage_decoder"] = [1] * (n - 1)
+    return plans
+
+
+def test_fewer_stages_cut_the_resenc_encoder_blocks_and_decoder_stages(resenc_plans: dict[str, Any]) -> None:
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    overrides = PlansOverrides(n_stages=3, features_per_stage=(16, 32, 64))
+    new = apply_plans_overrides(resenc_plans, "3d_fullres", overrides, SOURCE)
+    arch = new["configurations"]["3d_fullres"]["architecture"]
+    assert arch["network_class_name"] == RESENC
+    kw = arch["arch_kwargs"]
+    assert (kw["n_stages"], kw["features_per_stage"]) == (3, [16, 32, 64])
+    assert kw["n_blocks_per_stage"] == [1, 3, 4] and kw["n_conv_per_stage_decoder"] == [1, 1]
+    assert kw["strides"] == [[1, 1, 1], [2, 2, 2], [2, 2, 2]] and "n_conv_per_stage" not in kw
+    net = get_network_from_plans(
+        RESENC, kw, arch["_kw_requires_import"], input_channels=1, output_channels=3, deep_supervision=True
+    )
+    assert type(net).__name__ == "ResidualEncoderUNet"
+    parameters = count_parameters(new, "3d_fullres", DATASET_JSON)
+    assert parameters == sum(p.numel() for p in net.parameters())
+    assert parameters < count_parameters(resenc_plans, "3d_fullres", DATASET_JSON)
+
+
+def test_resenc_overrides_that_do_not_fit_are_refused_naming_the_plans(resenc_plans: dict[str, Any]) -> None:
+    where = r"\('3d_fullres' of plans 'nnUNetResEncUNetMPlans'\)"
+    with pytest.raises(PlanOverrideError, match=where + r": n_stages must be an integer from 2 to 5"):
+        apply_plans_overrides(resenc_plans, "3d_fullres", PlansOverrides(n_stages=6), SOURCE)
+    wide = PlansOverrides(n_stages=4, features_per_stage=(8, 16, 32, 64, 64))
+    with pytest.raises(PlanOverrideError, match=r"features_per_stage has 5 value\(s\) but must have 4"):
+        apply_plans_overrides(resenc_plans, "3d_fullres", wide, SOURCE)
+    _kwargs(resenc_plans)["n_blocks_per_stage"] = [1, 3]  # not one per stage: nnU-Net cannot build it
+    with pytest.raises(PlanOverrideError, match="nnU-Net cannot build the '3d_fullres' network"):
+        count_parameters(resenc_plans, "3d_fullres", DATASET_JSON)
+
+
+def test_the_planners_and_their_plans_names_are_nnunets_own() -> None:
+    import inspect
+
+    import yaml
+    from iterseg.config import SCHEMA_PATH
+    from iterseg.nnunet.plan import DEFAULT_PLANNER, PLANNERS
+    from iterseg.records import PlanRecord
+    from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+    from nnunetv2.experiment_planning.experiment_planners.residual_unets import residual_encoder_unet_planners
+
+    classes = {name: getattr(residual_encoder_unet_planners, name, None) for name in PLANNERS}
+    classes[DEFAULT_PLANNER] = ExperimentPlanner
+    for name, plans_name in PLANNERS.items():
+        assert inspect.signature(classes[name].__init__).parameters["plans_name"].default == plans_name
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["nnunet"]["properties"]
+    assert schema["planner"]["enum"] == list(PLANNERS)
+    assert "default" not in schema["planner"] and "default" not in schema["plans"]
+    assert PlanRecord.__dataclass_fields__["planner"].default == DEFAULT_PLANNER

@@ -297,6 +297,7 @@ def test_release_iteration_writes_the_manifest_and_its_summary(tmp_path: Path) -
         "annotation_effort", "promotion",
     ]  # fmt: skip
     assert data["parent"] == {"iteration": "2026-01-01", "checkpoints": {"0": None}}
+    assert data["plans"]["planner"] == "ExperimentPlanner"  # a planned.json older than nnunet.planner
     assert data["folds"][0]["status"] == "finished" and data["annotation_effort"]["summary"] == {"cases": 0}
     assert data["promotion"]["latest_before"] == "2026-01-01"
     again = read_record(Path(summaries[1].manifest), Manifest).to_json()

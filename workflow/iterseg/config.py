@@ -16,6 +16,7 @@ from iterseg.cluster.gpus import DEFAULT_LOCK_DIR
 from iterseg.dicom.seg_options import DEFAULT_SEG_OPTIONS, SegOptions, SegTransferSyntax
 from iterseg.errors import ConfigError
 from iterseg.nnunet.ensemble import DEFAULT_INFERENCE, Inference
+from iterseg.nnunet.plan import DEFAULT_PLANNER, PLANNERS, planner_plans
 
 if TYPE_CHECKING:
     from iterseg.pacs.settings import PacsSettings
@@ -74,6 +75,7 @@ class NnunetSettings:
     gpu_lock_dir: Path = DEFAULT_LOCK_DIR
     gpus_per_fold: int = 1
     inference: Inference = DEFAULT_INFERENCE
+    planner: str = DEFAULT_PLANNER  # nnU-Net's experiment planner of the first iteration
 
     def schedule(self, first: bool) -> Schedule:
         """The trainer settings of the first iteration (``first``) or of fine-tuning ones."""
@@ -213,11 +215,36 @@ def _nnunet_settings(nn: Mapping[str, Any]) -> NnunetSettings:
         gpu_lock_dir=Path(nn["gpu_lock_dir"]),
         gpus_per_fold=int(nn["gpus_per_fold"]),
         inference=Inference(float(nn["inference"]["tile_step_size"]), bool(nn["inference"]["use_mirroring"])),
+        planner=nn.get("planner", DEFAULT_PLANNER),
     )
+
+
+def _fill_plans(nn: dict[str, Any]) -> None:
+    """Set ``nnunet.plans`` in place where absent: the identifier the planner writes by default.
+
+    Done once, where the config is read, so that planning, training, prediction and the
+    recorded config all name the same plans.
+    """
+    planner = nn.get("planner", DEFAULT_PLANNER)
+    own = planner_plans(planner)
+    plans = nn.setdefault("plans", own)
+    others = [name for name, default in PLANNERS.items() if default == plans and name != planner]
+    if others:
+        logger.warning(
+            "config key nnunet.plans: %s is the plans identifier of nnU-Net's %s, but nnunet.planner is "
+            "%s; its plans are written under that name. Remove nnunet.plans to use %s.",
+            plans,
+            others[0],
+            planner,
+            own,
+        )
 
 
 def load_settings(config: dict[str, Any], config_dir: Path = Path("config")) -> Settings:
     """Validate a snakemake ``config`` dict and return typed settings.
+
+    ``config`` is completed in place: the schema's defaults, and ``nnunet.plans`` where absent
+    (the plans identifier of ``nnunet.planner``).
 
     Raises
     ------
@@ -226,6 +253,7 @@ def load_settings(config: dict[str, Any], config_dir: Path = Path("config")) -> 
 
     """
     validate_config(config)
+    _fill_plans(config["nnunet"])
     _check_combinations(config)
     return Settings(
         rawdata=Path(config["rawdata"]),

@@ -384,6 +384,7 @@ class PlanRecord(FieldsRecord):
     batch_size: int | None = None
     overrides: dict[str, Any] | None = None  # applied to the first iteration's plans
     parameters: int | None = None  # of the network nnU-Net builds from these plans
+    planner: str = "ExperimentPlanner"  # nnU-Net's experiment planner; older records predate the choice
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from iterseg.nnunet.plan import DEFAULT_PLANNER
 from iterseg.paths import snapshot_of
 from iterseg.rawdata.discovery import nnunet_dataset_name
 
@@ -114,12 +115,22 @@ class Params:
         """``--previous`` with the previous iteration's ``assembled.json``, if any."""
         return f"--previous {shlex.quote(input.previous)}" if input.previous else ""
 
-    def plans_overrides_arg(self, wildcards: Any) -> str:
-        """Overrides shape the first iteration's plans only; later iterations transfer them."""
-        overrides = self.settings.nnunet.plans_overrides
-        if self._snapshot(wildcards).index > 0 or not overrides:
+    def first_plans_args(self, wildcards: Any) -> str:
+        """``--overrides`` and ``--planner``, where set: they shape the first iteration's plans only.
+
+        Later iterations transfer those plans. With nnU-Net's classic planner the string is what
+        it was before ``--planner`` existed, so the plan jobs of existing iterations keep their
+        parameters (Snakemake re-runs a job whose parameters change).
+        """
+        nn = self.settings.nnunet
+        if self._snapshot(wildcards).index > 0:
             return ""
-        return f"--overrides {shlex.quote(json.dumps(dict(overrides), sort_keys=True))}"
+        args = []
+        if nn.plans_overrides:
+            args.append(f"--overrides {shlex.quote(json.dumps(dict(nn.plans_overrides), sort_keys=True))}")
+        if nn.planner != DEFAULT_PLANNER:
+            args.append(f"--planner {shlex.quote(nn.planner)}")
+        return " ".join(args)
 
     def plans_source_arg(self, wildcards: Any, input: Any) -> str:
         """``--source-record`` with the first iteration's ``planned.json``, for later iterations."""

@@ -3,7 +3,7 @@
 Consumes: the iteration's assembled.json (its nnU-Net raw dataset).
 Produces: nnUNet_preprocessed/ (plans, preprocessed data) and planned.json.
 Reads earlier iterations: later iterations transfer the first iteration's plans (its planned.json),
-  so its weights fit; the first plans itself, with the configured plans overrides.
+  so its weights fit; the first plans itself, with the configured planner and plans overrides.
 """
 
 
@@ -27,7 +27,8 @@ rule plan_preprocess:
         configuration=NN.configuration,
         plans=NN.plans,
         source=PARAMS.plans_source_arg,
-        overrides=PARAMS.plans_overrides_arg,
+        # --overrides and --planner in one param: a new param or shell change would re-run existing plans
+        overrides=PARAMS.first_plans_args,
     shell:
         "iterseg --log {log:q} plan --work {params.work:q} --dataset-name {params.name:q}"
         " --configuration {params.configuration:q} --plans {params.plans:q}"

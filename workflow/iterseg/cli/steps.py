@@ -15,6 +15,7 @@ from pathlib import Path
 
 from iterseg.cli.common import add_command, add_seg_options, inference, optional_record, seg_options
 from iterseg.cluster.gpus import DEFAULT_LOCK_DIR
+from iterseg.nnunet.plan import DEFAULT_PLANNER, PLANNERS
 from iterseg.records import Assembled, read_record, write_record
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
         source_work=Path(args.source_record).parent if source else None,
         source_name=source.dataset_name if source else None,
         overrides=json.loads(args.overrides) if args.overrides else None,
+        planner=source.planner if source else args.planner,
     )  # fmt: skip
     write_record(Path(args.output), record)
 
@@ -310,6 +312,13 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--source-record", help="plan record of the first iteration (later iterations)")
     p.add_argument("--overrides", help="first iteration: plans overrides as JSON (nnunet.plans_overrides)")
+    p.add_argument(
+        "--planner",
+        default=DEFAULT_PLANNER,
+        choices=list(PLANNERS),
+        help="first iteration: nnU-Net's experiment planner (nnunet.planner; default %(default)s); "
+        "later iterations record the planner of the plans they transfer",
+    )
     p.add_argument("--output", required=True)
 
 

@@ -1,7 +1,8 @@
 """Plan and preprocess an iteration's dataset: plan once, then transfer the first iteration's plans.
 
 Weights only transfer between identical architectures, so every later iteration reuses the
-first iteration's plans (nnU-Net's move_plans_between_datasets) instead of planning anew.
+first iteration's plans (nnU-Net's move_plans_between_datasets) instead of planning anew. The
+first iteration is planned by the experiment planner ``nnunet.planner`` names (:data:`PLANNERS`).
 """
 
 from __future__ import annotations
@@ -9,18 +10,50 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
-from iterseg.errors import PlanTransferError
+from iterseg.errors import ConfigError, PlanTransferError
 from iterseg.nnunet.env import configure_nnunet
 from iterseg.nnunet.plans_override import PlansOverrides, apply_plans_overrides, count_parameters
 from iterseg.paths import nnunet_roots, plans_file, preprocessed_dir
 from iterseg.records import PlanRecord, write_json
 
-__all__ = ["PlanRecord", "plan_dataset"]
+__all__ = ["DEFAULT_PLANNER", "PLANNERS", "PlanRecord", "plan_dataset", "planner_plans"]
 
 logger = logging.getLogger(__name__)
+
+#: nnU-Net's experiment planners that ``nnunet.planner`` may name, each with the plans identifier
+#: it writes unless given another one (the ``plans_name`` default of its class).
+PLANNERS: Mapping[str, str] = MappingProxyType(
+    {
+        "ExperimentPlanner": "nnUNetPlans",
+        "nnUNetPlannerResEncM": "nnUNetResEncUNetMPlans",
+        "nnUNetPlannerResEncL": "nnUNetResEncUNetLPlans",
+        "nnUNetPlannerResEncXL": "nnUNetResEncUNetXLPlans",
+    }
+)
+#: nnU-Net's classic planner (plain-convolution U-Net): what iterseg planned with before the key existed.
+DEFAULT_PLANNER = "ExperimentPlanner"
+
+
+def planner_plans(planner: str) -> str:
+    """The plans identifier nnU-Net's ``planner`` writes by default, e.g. ``nnUNetResEncUNetMPlans``.
+
+    Raises
+    ------
+    ConfigError
+        If ``planner`` is not one of :data:`PLANNERS`, listing them.
+
+    """
+    if planner not in PLANNERS:
+        raise ConfigError(
+            f"config key nnunet.planner: {planner!r} is not an experiment planner iterseg offers; "
+            f"choose one of {', '.join(PLANNERS)}."
+        )
+    return PLANNERS[planner]
 
 
 def _dataset_id(name: str) -> int:
@@ -68,18 +101,30 @@ def _check_transferable(
 
 
 def _plan_here(
-    work: Path, dataset_name: str, configuration: str, plans: str, overrides: dict[str, Any] | None
+    work: Path,
+    dataset_name: str,
+    configuration: str,
+    plans: str,
+    planner: str,
+    overrides: dict[str, Any] | None,
 ) -> None:
-    """First iteration: nnU-Net plans the dataset; the configured overrides are written into its plans."""
+    """First iteration: nnU-Net's ``planner`` plans the dataset as ``plans``; the overrides are applied."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiments
 
-    plan_experiments([_dataset_id(dataset_name)])
+    # Under the planner's own identifier nnU-Net plans exactly as nnUNetv2_plan_experiment -pl does.
+    rename = None if plans == planner_plans(planner) else plans
+    plan_experiments(
+        [_dataset_id(dataset_name)], experiment_planner_class_name=planner, overwrite_plans_name=rename
+    )
+    logger.info("%s planned by %s as plans %s", dataset_name, planner, plans)
     spec = PlansOverrides.from_mapping(overrides)
     if spec.is_empty():
         return
     target = plans_file(work, dataset_name, plans)
     planned = json.loads(target.read_text())
     changed = apply_plans_overrides(planned, configuration, spec, "config nnunet.plans_overrides")
+    # Build the changed network now: a plan nnU-Net cannot build is refused before preprocessing.
+    count_parameters(changed, configuration, json.loads(_raw_dataset_json(work, dataset_name).read_text()))
     write_json(target, changed, indent=2, end="")
     logger.info("plans overrides %s written to %s", overrides, target)
 
@@ -116,6 +161,7 @@ def _planned_record(
     dataset_name: str,
     configuration: str,
     plans: str,
+    planner: str,
     plans_source: str | None,
     overrides: dict[str, Any] | None,
 ) -> PlanRecord:
@@ -142,6 +188,21 @@ def _planned_record(
         batch_size=conf.get("batch_size"),
         overrides=overrides or None,
         parameters=parameters,
+        planner=planner,
+    )
+
+
+def _preprocess(work: Path, dataset_name: str, configuration: str, plans: str, processes: int) -> None:
+    """nnU-Net's preprocessing of the one configuration trained, with the plans ``plans``."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess
+
+    # nnU-Net's preprocess expects dataset.json next to the plans; only planning copies it.
+    shutil.copy2(_raw_dataset_json(work, dataset_name), preprocessed_dir(work, dataset_name) / "dataset.json")
+    preprocess(
+        [_dataset_id(dataset_name)],
+        plans_identifier=plans,
+        configurations=(configuration,),
+        num_processes=(processes,),
     )
 
 
@@ -154,6 +215,7 @@ def plan_dataset(
     source_work: Path | None = None,
     source_name: str | None = None,
     overrides: dict[str, Any] | None = None,
+    planner: str = DEFAULT_PLANNER,
 ) -> PlanRecord:
     """Fingerprint, plan (or transfer plans) and preprocess one iteration's dataset.
 
@@ -174,6 +236,9 @@ def plan_dataset(
     overrides
         First iteration only: changes to the planned configuration (``nnunet.plans_overrides``),
         validated and written into the plans before preprocessing.
+    planner
+        The nnU-Net experiment planner of the first iteration (``nnunet.planner``, one of
+        :data:`PLANNERS`); of a later iteration, the one that made the transferred plans (recorded).
 
     Raises
     ------
@@ -181,25 +246,23 @@ def plan_dataset(
         If the first iteration's plans are missing or incompatible with this dataset.
     PlanOverrideError
         If an override does not fit nnU-Net's plan (checked before anything is preprocessed).
+    ConfigError
+        If ``planner`` is not one of :data:`PLANNERS`.
 
     """
+    planner_plans(planner)  # an unknown planner fails before nnU-Net starts
     configure_nnunet(work, threads=processes)
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, preprocess
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints
 
-    target_id = _dataset_id(dataset_name)
     target_pre = preprocessed_dir(work, dataset_name)
     if target_pre.exists():
         shutil.rmtree(target_pre)  # stale preprocessed data of an earlier attempt
-    extract_fingerprints([target_id], num_processes=processes, check_dataset_integrity=True)
+    extract_fingerprints([_dataset_id(dataset_name)], num_processes=processes, check_dataset_integrity=True)
     if source_work is None or source_name is None:
-        _plan_here(work, dataset_name, configuration, plans, overrides)
+        _plan_here(work, dataset_name, configuration, plans, planner, overrides)
         plans_source = None
     else:
         _transfer_plans(work, dataset_name, configuration, plans, source_work, source_name)
         plans_source = source_name
-    # nnU-Net's preprocess expects dataset.json next to the plans; only planning copies it.
-    shutil.copy2(_raw_dataset_json(work, dataset_name), target_pre / "dataset.json")
-    preprocess(
-        [target_id], plans_identifier=plans, configurations=(configuration,), num_processes=(processes,)
-    )
-    return _planned_record(work, dataset_name, configuration, plans, plans_source, overrides)
+    _preprocess(work, dataset_name, configuration, plans, processes)
+    return _planned_record(work, dataset_name, configuration, plans, planner, plans_source, overrides)
