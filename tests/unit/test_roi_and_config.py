@@ -97,9 +97,9 @@ def test_iteration_settings_are_typed_and_checked() -> None:
     settings = load_settings(config)
     demo = settings.datasets["demo"]
     assert demo.test_patients == ("P003", "P004") and demo.missing_roi == "ignore"
-    assert settings.nnunet.schedule(first=True).epochs == 3
+    assert settings.nnunet.schedule(first=True).epochs == 12
     fine = settings.nnunet.schedule(first=False)
-    assert (fine.trainer, fine.epochs, fine.initial_lr) == ("nnUNetTrainerIterSegDemo", 2, 0.005)
+    assert (fine.trainer, fine.epochs, fine.initial_lr) == ("nnUNetTrainerIterSegDemo", 6, 0.001)
     assert settings.nnunet.plans_overrides == {
         "n_stages": 4,
         "features_per_stage": [16, 32, 64, 128],
@@ -185,3 +185,55 @@ def test_roi_yaml_code_overrides_are_checked(tmp_path: Path, caplog: pytest.LogC
     path.write_text("liver: {regexes: ['^liver$']}\n")
     with pytest.raises(ConfigError, match="unknown key"):
         load_roi_yaml(path)
+
+
+def test_the_classic_planner_is_the_default_and_the_validated_config_is_unchanged() -> None:
+    settings = load_settings(copy.deepcopy(BASE))
+    assert (settings.nnunet.planner, settings.nnunet.plans) == ("ExperimentPlanner", "nnUNetPlans")
+    # the promote and PACS steps take the validated config as a parameter: no new key in it
+    assert settings.raw is not None and "planner" not in settings.raw["nnunet"]
+    assert settings.raw["nnunet"]["plans"] == "nnUNetPlans"
+
+
+@pytest.mark.parametrize(
+    ("planner", "plans"),
+    [
+        ("ExperimentPlanner", "nnUNetPlans"),
+        ("nnUNetPlannerResEncM", "nnUNetResEncUNetMPlans"),
+        ("nnUNetPlannerResEncL", "nnUNetResEncUNetLPlans"),
+        ("nnUNetPlannerResEncXL", "nnUNetResEncUNetXLPlans"),
+    ],
+)
+def test_a_planner_without_plans_names_its_own_plans_everywhere(planner: str, plans: str) -> None:
+    config = {**copy.deepcopy(BASE), "nnunet": {"planner": planner}}
+    settings = load_settings(config)
+    assert (settings.nnunet.planner, settings.nnunet.plans) == (planner, plans)
+    assert config["nnunet"]["plans"] == plans  # the config snakemake holds names them too
+    assert settings.raw is not None and settings.raw["nnunet"]["plans"] == plans
+    assert load_settings(copy.deepcopy(settings.raw)).nnunet.plans == plans  # the promote/PACS steps' reload
+
+
+def test_explicit_plans_are_kept_and_another_planners_name_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    own = {**copy.deepcopy(BASE), "nnunet": {"planner": "nnUNetPlannerResEncL", "plans": "liverResEncL"}}
+    with caplog.at_level("WARNING", logger="iterseg.config"):
+        assert load_settings(own).nnunet.plans == "liverResEncL"
+    assert not caplog.records
+    # config/config.yaml sets plans: nnUNetPlans, the classic planner's name
+    leftover = {**copy.deepcopy(BASE), "nnunet": {"planner": "nnUNetPlannerResEncM", "plans": "nnUNetPlans"}}
+    with caplog.at_level("WARNING", logger="iterseg.config"):
+        assert load_settings(leftover).nnunet.plans == "nnUNetPlans"
+    assert "nnunet.plans: nnUNetPlans is the plans identifier of nnU-Net's ExperimentPlanner" in caplog.text
+    assert "Remove nnunet.plans to use nnUNetResEncUNetMPlans" in caplog.text
+
+
+def test_an_unknown_planner_names_the_key_and_the_allowed_planners() -> None:
+    config = {**copy.deepcopy(BASE), "nnunet": {"planner": "nnUNetPlannerResEncS"}}
+    with pytest.raises(ConfigError, match="invalid configuration") as info:
+        load_settings(config)
+    message = str(info.value)
+    assert "config key nnunet.planner: 'nnUNetPlannerResEncS' is not one of" in message
+    for size in ("M", "L", "XL"):
+        assert f"'nnUNetPlannerResEnc{size}'" in message
+    assert "'ExperimentPlanner'" in message

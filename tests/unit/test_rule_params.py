@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import shlex
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -38,13 +41,35 @@ def test_the_first_iteration_holds_out_its_patients_and_later_ones_keep_that_tes
 
 
 def test_plans_overrides_shape_the_first_iteration_only(params: Params) -> None:
-    assert params.plans_overrides_arg(job(DATES[0])).startswith('--overrides \'{"batch_size": 2')
-    assert params.plans_overrides_arg(job(DATES[1])) == ""
+    assert params.first_plans_args(job(DATES[0])).startswith('--overrides \'{"batch_size": 2')
+    assert params.first_plans_args(job(DATES[1])) == ""
+
+
+def test_the_planner_reaches_the_first_plan_command_and_the_classic_one_adds_nothing(params: Params) -> None:
+    from iterseg.cli import app
+
+    # the classic planner: the plan jobs' parameters as before nnunet.planner existed
+    overrides = json.dumps(dict(params.settings.nnunet.plans_overrides or {}), sort_keys=True)
+    assert params.first_plans_args(job(DATES[0])) == f"--overrides {shlex.quote(overrides)}"
+    plain = Params(load_settings({"datasets": {"demo": {"dataset_id": 9}}}), params.datasets)
+    assert plain.first_plans_args(job(DATES[0])) == ""
+    resenc = {"datasets": {"demo": {"dataset_id": 9}}, "nnunet": {"planner": "nnUNetPlannerResEncL"}}
+    chosen = Params(load_settings(resenc), params.datasets)
+    assert chosen.first_plans_args(job(DATES[0])) == "--planner nnUNetPlannerResEncL"
+    assert chosen.first_plans_args(job(DATES[1])) == ""  # later iterations transfer the first one's plans
+    both = copy.deepcopy(resenc)
+    both["nnunet"]["plans_overrides"] = {"batch_size": 2}
+    args = Params(load_settings(both), params.datasets).first_plans_args(job(DATES[0]))
+    assert args == "--overrides '{\"batch_size\": 2}' --planner nnUNetPlannerResEncL"
+    base = "plan --work w --dataset-name d --configuration c --plans p --output o".split()
+    parsed = app.build_parser().parse_args([*base, *shlex.split(args)])
+    assert (parsed.planner, json.loads(parsed.overrides)) == ("nnUNetPlannerResEncL", {"batch_size": 2})
+    assert app.build_parser().parse_args(base).planner == "ExperimentPlanner"
 
 
 def test_the_first_iteration_and_fine_tuning_have_their_own_schedules(params: Params) -> None:
-    assert params.schedule_args(job(DATES[0])) == "--epochs 3"
-    assert params.schedule_args(job(DATES[1])) == "--epochs 2 --initial-lr 0.005"
+    assert params.schedule_args(job(DATES[0])) == "--epochs 12"
+    assert params.schedule_args(job(DATES[1])) == "--epochs 6 --initial-lr 0.001"
     assert params.trainer(job(DATES[1])) == "nnUNetTrainerIterSegDemo"
     assert params.nnunet_name(job(DATES[1])) == "Dataset902_demo_20260302"
 
