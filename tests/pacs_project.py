@@ -17,8 +17,17 @@ USER_ENV, PASSWORD_ENV = "ITERSEG_TEST_PACS_USER", "ITERSEG_TEST_PACS_PASSWORD"
 CONFIG = "config/demo.yaml"
 
 
-def write_config(project: Path, url: str, promotion: dict[str, Any] | None = None, **pacs: Any) -> Path:
-    """``project/config/``: the repository's configs, the demo dataset given a PACS at ``url``."""
+def write_config(
+    project: Path,
+    url: str,
+    promotion: dict[str, Any] | None = None,
+    nnunet: dict[str, Any] | None = None,
+    **pacs: Any,
+) -> Path:
+    """``project/config/``: the repository's configs, the demo dataset given a PACS at ``url``.
+
+    ``promotion`` replaces the demo's gate; ``nnunet`` updates its nnunet settings (key by key).
+    """
     shutil.copytree(REPO / "config", project / "config", dirs_exist_ok=True)
     config = yaml.safe_load((REPO / "config/demo.yaml").read_text())
     config["datasets"]["demo"]["pacs"] = {
@@ -28,6 +37,7 @@ def write_config(project: Path, url: str, promotion: dict[str, Any] | None = Non
     }
     if promotion is not None:
         config["promotion"] = promotion
+    config["nnunet"].update(nnunet or {})
     path = project / CONFIG
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

@@ -100,7 +100,9 @@ def pacs_loop(tmp_path_factory: pytest.TempPathFactory, demo_rawdata: Path) -> I
         upload_demo(server, demo_rawdata, "first")
         upload_demo(server, demo_rawdata, "inbox")
         project = tmp_path_factory.mktemp("pacs-project")
-        write_config(project, server.dicomweb_url, promotion={"max_dice_drop": None})
+        # The PACS round trip, not learning: no Dice gate, and a short schedule.
+        short = {"first_iteration": {"epochs": 3}, "fine_tuning": {"epochs": 2, "initial_lr": 0.001}}
+        write_config(project, server.dicomweb_url, promotion={"max_dice_drop": None}, nnunet=short)
         env = credentials_env(server)
         pull1 = iterseg_pacs(project, env, "pull", "--date", FIRST)
         assert pull1.returncode == 0, pull1.stderr
