@@ -2,8 +2,8 @@
 
 * Phantoms of ``iterseg.rawdata.demo`` written straight as nnU-Net raw datasets (no DICOM: these
   benchmarks measure training, not conversion), in three kinds: ``demo`` (as the demo draws
-  them), ``low-contrast`` (the same masks re-rendered with the tumour at 75 HU instead of -20 HU
-  and noise 18 HU instead of 12) and ``small-lesion`` (tumour and satellite at half their radii,
+  them), ``low-contrast`` (the same masks re-rendered with the tumour at 75 HU instead of the
+  demo's -60 HU and noise 18 HU instead of 12) and ``small-lesion`` (tumour and satellite at half their radii,
   ``annotated(phantom, 0.5)``, in the image and the label alike).
 * ``iterseg plan`` and ``iterseg train`` run as the workflow's rules run them: subprocesses with
   every ``nnUNet_*`` variable dropped from the environment, one folder per planned dataset and
@@ -44,6 +44,8 @@ from iterseg.evaluate.metrics import dice
 from iterseg.nnunet.ensemble import FoldPrediction
 from iterseg.paths import model_dir, preprocessed_dir
 from iterseg.rawdata.demo import (
+    BODY_HU,
+    LIVER_HU,
     ORIGIN,
     PIXEL_SPACING,
     SLICE_THICKNESS,
@@ -61,8 +63,7 @@ FOREGROUND = {name: value for name, value in LABELS.items() if value > 0}
 SPACING = (PIXEL_SPACING[1], PIXEL_SPACING[0], SLICE_THICKNESS)  # x, y, z: as SimpleITK takes it
 VOXEL_ML = float(np.prod(SPACING)) / 1000.0
 KINDS = ("demo", "low-contrast", "small-lesion")
-# What phantom_arrays paints (body, liver), and what the low-contrast kind changes.
-BODY_HU, LIVER_HU = 30.0, 110.0
+# What the low-contrast kind changes of what phantom_arrays paints.
 LOW_CONTRAST_TUMOUR_HU, LOW_CONTRAST_NOISE_HU = 75.0, 18.0
 SMALL_LESION_SCALE = 0.5
 FOLD = "0"

@@ -26,8 +26,8 @@ ratios of the worklist's mean Dice to the baselines'. Settings from ``--config``
 finetune_vs_scratch.py; ``--first-epochs`` / ``--fine-epochs`` override its epochs for smoke
 runs only (printed as such).
 
-    .venv/bin/python benchmarks/worklist_vs_random.py [--config config/demo.yaml] [--pool 12]
-        [--start 4] [--test 6] [-k 4] [--seeds 0 1 2] [--device cpu] [--threads 2] [--workdir DIR]
+    .venv/bin/python benchmarks/worklist_vs_random.py [--config config/demo.yaml] [--pool 9]
+        [--start 4] [--test 6] [-k 3] [--seeds 0 1] [--device cpu] [--threads 2] [--workdir DIR]
         [--first-epochs N] [--fine-epochs N]
 """
 
@@ -255,11 +255,11 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    parser.add_argument("--pool", type=int, default=12, help="pool phantoms to choose from")
+    parser.add_argument("--pool", type=int, default=9, help="pool phantoms to choose from")
     parser.add_argument("--start", type=int, default=4, help="demo phantoms the start model trains on")
     parser.add_argument("--test", type=int, default=6, help="test phantoms, the kinds in turn")
-    parser.add_argument("-k", type=int, default=4, help="cases each strategy chooses")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("-k", type=int, default=3, help="cases each strategy chooses")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--device", help="cpu, cuda or mps (default: the config's nnunet.device)")
     parser.add_argument("--threads", type=int, default=2, help="threads / processes of each step")
     parser.add_argument("--workdir", type=Path, help="keep data, logs and models here (default: a temp dir)")
