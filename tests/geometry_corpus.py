@@ -2,7 +2,8 @@
 
 Each series is written the way scanners do it, not the way readers like it: files named by
 hash, InstanceNumber independent of position, optional messy headers (empty type-2
-attributes, no character set, private tags).
+attributes, no character set, private tags). :func:`write_nifti` writes NIfTI images on the
+same geometries, for the series ``iterseg nifti-to-dicom`` makes of them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -119,3 +121,55 @@ def label_volume(shape: tuple[int, int, int]) -> np.ndarray:
     array[z // 2 :, y // 2 : y - 3, x // 2 : x - 2] = 2
     array[0, 0, x - 1] = 3
     return array
+
+
+def rotation(deg_z: float, deg_x: float) -> np.ndarray:
+    """A rotation about z then x: the columns are an oblique grid's axes."""
+    a, b = np.radians(deg_z), np.radians(deg_x)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    return rz @ rx
+
+
+_OBLIQUE = rotation(30, 20)
+# The corpus's geometries as NIfTI images, for the series `iterseg nifti-to-dicom` writes from them.
+# A negative slice_step makes a left-handed NIfTI grid (slice axis against row x column).
+NIFTI_GEOMETRIES = {
+    "axial-increasing": SeriesSpec(),
+    "axial-decreasing": SeriesSpec(slice_step=-2.5),
+    "flipped": SeriesSpec(row_dir=(-1.0, 0.0, 0.0), col_dir=(0.0, -1.0, 0.0)),
+    "flipped-one-axis": SeriesSpec(row_dir=(-1.0, 0.0, 0.0), slice_step=-2.5),  # diag(-1, 1, 1)
+    "sagittal": SeriesSpec(row_dir=(0.0, 1.0, 0.0), col_dir=(0.0, 0.0, -1.0)),
+    "coronal": SeriesSpec(row_dir=(1.0, 0.0, 0.0), col_dir=(0.0, 0.0, -1.0)),
+    "oblique": SeriesSpec(
+        row_dir=tuple(np.round(_OBLIQUE[:, 0], 6)),  # type: ignore[arg-type]
+        col_dir=tuple(np.round(_OBLIQUE[:, 1], 6)),  # type: ignore[arg-type]
+    ),
+    "oblique-left-handed": SeriesSpec(
+        row_dir=tuple(np.round(_OBLIQUE[:, 0], 6)),  # type: ignore[arg-type]
+        col_dir=tuple(np.round(_OBLIQUE[:, 1], 6)),  # type: ignore[arg-type]
+        slice_step=-2.5,
+    ),
+    "non-square-pixels": SeriesSpec(rows=30, cols=16, pixel_spacing=(0.5, 1.25)),
+    "single-slice": SeriesSpec(slices=1),
+}
+
+
+def write_nifti(spec: SeriesSpec, path: Path, values: np.ndarray | None = None) -> Any:
+    """A NIfTI of random HU (or ``values``: slices, rows, cols) on the grid of ``spec``, as read back.
+
+    Its axes are the series' (column index along ``row_dir``, row index along ``col_dir``), the
+    slice axis along the normal times the sign of ``slice_step``.
+    """
+    import SimpleITK as sitk
+
+    if values is None:
+        rng = np.random.default_rng(int(hashlib.sha1(spec.series_uid.encode()).hexdigest()[:8], 16))
+        values = rng.integers(-1024, 3072, (spec.slices, spec.rows, spec.cols)).astype(np.int16)
+    image = sitk.GetImageFromArray(values)
+    image.SetSpacing((spec.pixel_spacing[1], spec.pixel_spacing[0], abs(spec.slice_step)))
+    image.SetOrigin(spec.origin)
+    axes = np.column_stack([spec.row_dir, spec.col_dir, np.sign(spec.slice_step) * normal(spec)])
+    image.SetDirection([float(v) for v in axes.ravel()])
+    sitk.WriteImage(image, str(path))
+    return sitk.ReadImage(str(path))

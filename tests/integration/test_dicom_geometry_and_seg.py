@@ -1,8 +1,10 @@
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
+from geometry_corpus import NIFTI_GEOMETRIES, label_volume, write_nifti
 from iterseg.dicom.seg_writer import export_seg
 from iterseg.dicom.series import find_image_series, read_volume, sort_by_position
 from iterseg.errors import DicomReadError
@@ -103,3 +105,53 @@ def test_seg_options_set_the_transfer_syntax_and_keep_empty_frames(tmp_path: Pat
     for path in (default, plain):
         assert np.array_equal(seg_label_map(path, series.datasets), label_map)
         assert frame_positions_on_source_slices(path, series.datasets)
+
+
+CORPUS_LABELS = {"background": 0, "liver": 1, "spleen": 2, "tumour": 3}
+
+
+def _gdcm_read(folder: Path) -> Any:
+    """The series as SimpleITK reads it with GDCM's own file order."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    return reader.Execute()
+
+
+@pytest.mark.parametrize("name", list(NIFTI_GEOMETRIES))
+def test_nifti_to_dicom_series_is_the_nifti_and_its_seg_round_trips(tmp_path: Path, name: str) -> None:
+    import SimpleITK as sitk
+    from iterseg.dicom.from_nifti import Modality, nifti_to_dicom
+    from iterseg.dicom.geometry import series_grid
+    from iterseg.dicom.seg_writer import export_for_series
+
+    image = write_nifti(NIFTI_GEOMETRIES[name], tmp_path / "image.nii.gz")
+    written = nifti_to_dicom(tmp_path / "image.nii.gz", tmp_path / "CT", Modality.CT, "GEO002")
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    assert written.reversed_slices == (np.linalg.det(direction) < 0)
+    # DICOM grids are right-handed: a left-handed NIfTI comes back in reverse slice order, same voxels
+    expected = sitk.Flip(image, [False, False, True]) if written.reversed_slices else image
+    (series,) = find_image_series(tmp_path / "CT", "CT")
+    grid = series_grid(series)
+    assert grid.size == expected.GetSize()
+    assert np.allclose(grid.spacing, expected.GetSpacing(), atol=1e-4)
+    assert np.allclose(grid.origin, expected.GetOrigin(), atol=1e-4)
+    assert np.allclose(grid.direction, expected.GetDirection(), atol=1e-6)
+    volume, _ = read_volume(series)
+    assert np.array_equal(volume, sitk.GetArrayFromImage(expected))  # HU exact
+    gdcm = _gdcm_read(tmp_path / "CT")
+    assert np.array_equal(sitk.GetArrayFromImage(gdcm), sitk.GetArrayFromImage(expected))
+    assert np.allclose(gdcm.GetOrigin(), expected.GetOrigin(), atol=1e-4)
+    assert np.allclose(gdcm.GetDirection(), expected.GetDirection(), atol=1e-6)
+    # the prediction lies on the NIfTI's grid, as nnU-Net writes it
+    array = label_volume(sitk.GetArrayFromImage(image).shape)
+    labels = sitk.GetImageFromArray(array)
+    labels.CopyInformation(image)
+    seg_path = tmp_path / "seg.dcm"
+    result = export_for_series(series, labels, CORPUS_LABELS, seg_path, "labels.nii.gz")
+    assert result.resampled == written.reversed_slices
+    on_series = array[::-1] if written.reversed_slices else array
+    assert np.array_equal(seg_label_map(seg_path, series.datasets), on_series)
+    assert frame_positions_on_source_slices(seg_path, series.datasets)
+    assert referenced_series(seg_path) == written.series_uid

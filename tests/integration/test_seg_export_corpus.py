@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from geometry_corpus import SeriesSpec, label_volume, write_series
+from geometry_corpus import SeriesSpec, label_volume, rotation, write_series
 from iterseg.dicom.geometry import series_grid
 from iterseg.dicom.seg_writer import _grid_image, export_label_image
 from iterseg.dicom.series import find_image_series
@@ -22,14 +22,7 @@ pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
 
 
-def _rotation(deg_z: float, deg_x: float) -> np.ndarray:
-    a, b = np.radians(deg_z), np.radians(deg_x)
-    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
-    return rz @ rx
-
-
-_OBLIQUE = _rotation(30, 20)
+_OBLIQUE = rotation(30, 20)
 CORPUS = {
     "axial-increasing": SeriesSpec(),
     "axial-decreasing": SeriesSpec(slice_step=-2.5),

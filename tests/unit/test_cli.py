@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from iterseg.cli import app, pacs, steps, tools
+from iterseg.cli import app, models, pacs, steps, tools
 
 pytestmark = pytest.mark.unit
 
 BIN = Path(sys.executable).parent
-COMMANDS = steps.COMMANDS + tools.COMMANDS + pacs.COMMANDS
+COMMANDS = steps.COMMANDS + tools.COMMANDS + pacs.COMMANDS + models.COMMANDS
 MAX_HANDLER_LINES = 15  # def, docstring, imports, one engine call, the write
 
 
@@ -71,7 +71,7 @@ def test_promote_calls_one_engine_function_of_release() -> None:
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("module", [steps, tools, pacs, app])
+@pytest.mark.parametrize("module", [steps, tools, pacs, models, app])
 def test_handlers_stay_short_and_write_through_records(module: object) -> None:
     path = Path(inspect.getfile(module))  # type: ignore[arg-type]
     text = path.read_text()

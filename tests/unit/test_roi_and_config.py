@@ -99,11 +99,12 @@ def test_iteration_settings_are_typed_and_checked() -> None:
     assert demo.test_patients == ("P003", "P004") and demo.missing_roi == "ignore"
     assert settings.nnunet.schedule(first=True).epochs == 12
     fine = settings.nnunet.schedule(first=False)
-    assert (fine.trainer, fine.epochs, fine.initial_lr) == ("nnUNetTrainerIterSegDemo", 6, 0.001)
+    assert (fine.trainer, fine.epochs, fine.initial_lr) == ("nnUNetTrainerIterSegDemo", 8, 0.002)
     assert settings.nnunet.plans_overrides == {
         "n_stages": 4,
         "features_per_stage": [16, 32, 64, 128],
         "batch_size": 2,
+        "patch_size": [32, 48, 48],
     }
     region = copy.deepcopy(config)
     region["datasets"]["demo"]["mask_saving_strategy"] = "region_mask"

@@ -69,7 +69,7 @@ def test_the_planner_reaches_the_first_plan_command_and_the_classic_one_adds_not
 
 def test_the_first_iteration_and_fine_tuning_have_their_own_schedules(params: Params) -> None:
     assert params.schedule_args(job(DATES[0])) == "--epochs 12"
-    assert params.schedule_args(job(DATES[1])) == "--epochs 6 --initial-lr 0.001"
+    assert params.schedule_args(job(DATES[1])) == "--epochs 8 --initial-lr 0.002"
     assert params.trainer(job(DATES[1])) == "nnUNetTrainerIterSegDemo"
     assert params.nnunet_name(job(DATES[1])) == "Dataset902_demo_20260302"
 

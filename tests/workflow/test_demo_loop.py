@@ -158,6 +158,7 @@ def test_plans_override_and_schedules_reach_nnunet(demo_run: dict) -> None:
     arch = conf["architecture"]["arch_kwargs"]
     assert arch["n_stages"] == 4 and arch["features_per_stage"] == [16, 32, 64, 128]
     assert len(arch["strides"]) == 4 and conf["batch_size"] == 2
+    assert conf["patch_size"] == [32, 48, 48]  # smaller than the 32x64x64 image: sliding windows at inference
     record = json.loads((procdata(project, FIRST) / "planned.json").read_text())
     assert record["overrides"]["n_stages"] == 4 and 0 < record["parameters"] < 2_000_000
     # nnU-Net trained with those plans: the checkpoint carries them
@@ -170,13 +171,13 @@ def test_plans_override_and_schedules_reach_nnunet(demo_run: dict) -> None:
     ] == [16, 32, 64, 128]
     assert "fold 0: 12 epochs" in (project / f"data/results/demo/{FIRST}/logs/train_fold_0.log").read_text()
     second = (project / f"data/results/demo/{SECOND}/logs/train_fold_0.log").read_text()
-    assert "fold 0: 6 epochs, initial lr 0.001" in second
+    assert "fold 0: 8 epochs, initial lr 0.002" in second
     # nnU-Net's own training logs: the first iteration's 12 epochs at the trainer's lr 3e-3,
-    # the fine-tuning's 6 at lr 0.001
+    # the fine-tuning's 8 at lr 0.002
     folder = "nnUNetTrainerIterSegDemo__nnUNetPlans__3d_fullres/fold_0"
     for date, name, epochs, lr in (
         (FIRST, "Dataset901_demo_20260115", 12, "0.003"),
-        (SECOND, "Dataset902_demo_20260302", 6, "0.001"),
+        (SECOND, "Dataset902_demo_20260302", 8, "0.002"),
     ):
         (nnunet_log,) = (procdata(project, date) / "nnUNet_results" / name / folder).glob(
             "training_log_*.txt"
@@ -892,3 +893,204 @@ def test_ohif_readers_show_every_predicted_seg_as_highdicom_reads_it(demo_run: d
         assert isinstance(result, OhifRead), f"OHIF's readers refused {seg_path}: {result}"
         assert result.masks, f"{seg_path}: OHIF shows nothing"
         assert_matches_ohif(seg_path, folder, ohif=result)
+
+
+def test_the_promoted_model_shared_as_an_archive_predicts_as_the_workflow_did(
+    demo_run: dict, tmp_path: Path
+) -> None:
+    """export-model in the project, install-model into a fresh folder, predict --model: the same labels."""
+    from iterseg.records import ModelCard, Predictions, read_record
+
+    project, iterseg = demo_run["project"], str(Path(sys.executable).parent / "iterseg")
+    latest = project / "data/results/demo/latest"
+    date = os.readlink(latest)
+    export = subprocess.run([iterseg, "export-model", "demo"], cwd=project, capture_output=True, text=True)
+    assert export.returncode == 0, export.stderr[-3000:]
+    archive = project / export.stdout.strip()
+    assert archive == project / f"data/results/demo/{date}/model_demo_{date}.zip" and archive.is_file()
+    models = tmp_path / "models"  # away from the project: the installed model needs none of it
+    install = subprocess.run(
+        [iterseg, "install-model", str(archive), "--into", str(models)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    installed = models / "demo" / date
+    assert (
+        Path(install.stdout.strip()) == installed and f"iterseg predict --model {installed}" in install.stderr
+    )
+    card = read_record(installed / "model_card.json", ModelCard)
+    manifest = json.loads((latest / "manifest.json").read_text())
+    assert (card.iteration, card.dataset_name, card.folds) == (date, manifest["dataset_name"], ("0",))
+    assert (
+        card.test_metrics["liver"]["dice_mean"] == manifest["test_metrics"]["summary"]["liver"]["dice_mean"]
+    )
+    inbox, out = project / "data/rawdata/demo/inbox", tmp_path / "predicted"
+    log, record = tmp_path / "predict.log", tmp_path / "predicted.json"
+    predict = subprocess.run(
+        [iterseg, "--log", str(log), "predict", "--model", str(installed), "--device", "cpu",
+         "--inbox", str(inbox), "--out", str(out), "--output", str(record)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert predict.returncode == 0, log.read_text()[-3000:]
+    workflows = sorted((latest / "labels").glob("*.nii.gz"))
+    assert len(workflows) == 3, workflows  # P101-P103: same weights, same device, the same labels
+    for label in workflows:
+        ours = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labels" / label.name)))
+        assert np.array_equal(ours, sitk.GetArrayFromImage(sitk.ReadImage(str(label)))), label.name
+    for prediction in read_record(out / "predictions.json", Predictions).predictions:
+        series = find_image_series(inbox / prediction.case_id, "CT")
+        assert (prediction.seg is not None) == bool(series), prediction  # a SEG per DICOM case
+        if series:
+            seg_path = out / str(prediction.seg)
+            assert referenced_series(seg_path) == series[0].series_uid
+            saved = sitk.GetArrayFromImage(sitk.ReadImage(str(out / prediction.label)))
+            assert np.array_equal(seg_label_map(seg_path, series[0].datasets), saved)
+            ds, theirs = (
+                pydicom.dcmread(p, stop_before_pixels=True) for p in (seg_path, latest / prediction.seg)
+            )
+            assert ds.SeriesDescription == theirs.SeriesDescription == f"iterseg demo {date}"
+
+
+# --- iterseg.api.analyze / iterseg analyze with the promoted model ------------------------------------
+
+
+def _listing(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``root`` with its size and mtime: what a read-only use must leave as it was."""
+    return {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in root.rglob("*")}
+
+
+def _analyzed_tar(project: Path, to: Path) -> bytes:
+    """A tar of inbox cases P101 and P102 (DICOM) and P101's series as NIfTI (``P101N.nii.gz``)."""
+    import io
+    import tarfile
+
+    inbox = project / "data/rawdata/demo/inbox"
+    (ct,) = find_image_series(inbox / "P101", "CT")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(f) for f in ct.files])
+    sitk.WriteImage(reader.Execute(), str(to / "P101N.nii.gz"))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(inbox / "P101", arcname="P101")
+        tar.add(inbox / "P102", arcname="P102")
+        tar.add(to / "P101N.nii.gz", arcname="P101N.nii.gz")
+    (to / "P101N.nii.gz").unlink()
+    return buffer.getvalue()
+
+
+def test_analyze_gives_a_seg_per_dicom_and_a_nifti_per_nifti_case(
+    demo_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One call, bytes in and out: the SEGs read back voxel-exact, nothing written outside its temp folder."""
+    import importlib
+    import tempfile
+
+    from iterseg.api import analyze
+
+    project = demo_run["project"]
+    latest = project / "data/results/demo/latest"
+    archive = _analyzed_tar(project, tmp_path)
+    model = procdata(project, os.readlink(latest))
+    model_before, project_before = _listing(model), _listing(project)
+    # torch makes its compile cache <tmp>/torchinductor_<user> once per process, when nnU-Net's
+    # predictor first imports torch._dynamo: torch's folder, there before any analysis in a process
+    importlib.import_module("torch._dynamo")
+    # a temporary folder of its own: /tmp is shared with whatever else runs meanwhile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    made: list[Path] = []
+
+    class Recorded(tempfile.TemporaryDirectory):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(Path(self.name))
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", Recorded)
+    result = analyze([archive], model=latest, device="cpu")
+    assert _listing(model) == model_before and _listing(project) == project_before
+    assert [p.parent for p in made] == [tmp_path / "tmp"] and not made[0].exists()
+    assert os.listdir(tempfile.gettempdir()) == []  # its temporary folder removed, nothing else left
+    assert (result["status"], result["errors"]) == ("done", {})
+    assert sorted(result["dicom_seg_bytes"]) == ["P101.dcm", "P102.dcm"]
+    assert sorted(result["nifti_seg_bytes"]) == ["P101N.nii.gz"]
+    (tmp_path / "P101N.nii.gz").write_bytes(result["nifti_seg_bytes"]["P101N.nii.gz"])
+    nifti = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "P101N.nii.gz")))
+    assert nifti.any()
+    for case in ("P101", "P102"):
+        seg_path = tmp_path / f"{case}.dcm"
+        seg_path.write_bytes(result["dicom_seg_bytes"][f"{case}.dcm"])
+        (series,) = find_image_series(project / "data/rawdata/demo/inbox" / case, "CT")
+        assert referenced_series(seg_path) == series.series_uid
+        labels = seg_label_map(seg_path, series.datasets)  # highdicom reads the SEG back
+        workflows = sitk.GetArrayFromImage(sitk.ReadImage(str(latest / "labels" / f"{case}.nii.gz")))
+        assert np.array_equal(labels, workflows), case  # the workflow's prediction of that case
+        if case == "P101":
+            assert np.array_equal(labels, nifti)  # the same image as NIfTI: the same labels, voxel for voxel
+        assert pydicom.dcmread(seg_path).SeriesDescription == f"iterseg demo {os.readlink(latest)}"
+
+
+def test_analyze_cli_writes_the_good_cases_and_lists_a_hostile_tar(demo_run: dict, tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    project = demo_run["project"]
+    good, hostile, out = tmp_path / "cases.tar", tmp_path / "hostile.tar", tmp_path / "out"
+    good.write_bytes(_analyzed_tar(project, tmp_path))
+    with tarfile.open(hostile, "w") as tar:
+        evil = tarfile.TarInfo("../evil.dcm")
+        evil.size = 4
+        tar.addfile(evil, io.BytesIO(b"evil"))
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "iterseg"), "analyze", str(good), str(hostile),
+         "--model", str(project / "data/results/demo/latest"), "--out", str(out), "--device", "cpu"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip() == str(out / "analysis.json")
+    record = json.loads((out / "analysis.json").read_text())
+    assert record["status"] == "done" and record["inputs"] == [str(good), str(hostile)]
+    assert record["files"] == ["seg/P101.dcm", "seg/P102.dcm", "labels/P101N.nii.gz"]
+    assert list(record["errors"]) == ["input 2"]
+    assert record["errors"]["input 2"] == (
+        "input 2: member path(s) with '..' ['../evil.dcm']; repack with paths inside the archive."
+    )  # a snapshot's archive is refused with these words
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == ["analysis.json", "labels/P101N.nii.gz", "seg/P101.dcm", "seg/P102.dcm"]
+    assert not list(tmp_path.rglob("evil.dcm")) and not (tmp_path.parent / "evil.dcm").exists()
+
+
+def test_analyze_with_the_installed_model_predicts_as_the_iteration(demo_run: dict, tmp_path: Path) -> None:
+    """The model shared by export-model / install-model analyzes a NIfTI case as its iteration did."""
+    import io
+    import tarfile
+
+    from iterseg.api import analyze
+
+    project, iterseg = demo_run["project"], str(Path(sys.executable).parent / "iterseg")
+    latest = project / "data/results/demo/latest"
+    archive = tmp_path / "model.zip"
+    export = subprocess.run(
+        [iterseg, "export-model", "demo", "--out", str(archive)], cwd=project, capture_output=True, text=True
+    )
+    assert export.returncode == 0, export.stderr[-3000:]
+    install = [iterseg, "install-model", str(archive), "--into", str(tmp_path / "models")]
+    installed = subprocess.run(install, capture_output=True, text=True, check=False)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    model = Path(installed.stdout.strip())
+    (ct,) = find_image_series(project / "data/rawdata/demo/inbox/P101", "CT")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(f) for f in ct.files])
+    sitk.WriteImage(reader.Execute(), str(tmp_path / "ct.nii.gz"))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(tmp_path / "ct.nii.gz", arcname="P9/ct.nii.gz")
+    before = _listing(model)
+    result = analyze([buffer.getvalue()], model=model, device="cpu")
+    assert _listing(model) == before
+    assert (result["status"], result["errors"], result["dicom_seg_bytes"]) == ("done", {}, {})
+    (tmp_path / "label.nii.gz").write_bytes(result["nifti_seg_bytes"]["ct.nii.gz"])
+    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "label.nii.gz")))
+    theirs = sitk.GetArrayFromImage(sitk.ReadImage(str(latest / "labels/P101.nii.gz")))
+    assert np.array_equal(ours, theirs) and ours.any()

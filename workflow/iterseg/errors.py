@@ -63,3 +63,19 @@ class GeometryError(SegExportError, ConversionError):
 
 class PacsError(IterSegError):
     """The PACS cannot be reached, refuses us, or answers something we must not keep."""
+
+
+class ModelArchiveError(IterSegError):
+    """A model archive cannot be exported, checked or installed, or an installed model is incomplete."""
+
+
+class UsageError(IterSegError):
+    """A command's options contradict each other, or one it needs is missing."""
+
+
+class DicomWriteError(IterSegError):
+    """An image cannot be written as the DICOM series asked for (not 3D, invalid identifiers, ...)."""
+
+
+class AnalysisError(IterSegError):
+    """An archive given to the analyzer cannot be unpacked safely, or none of its cases was predicted."""

@@ -23,6 +23,7 @@ from iterseg.errors import IterSegError
 from iterseg.paths import partial_path
 
 __all__ = [
+    "AnalysisRecord",
     "AnnotationEffort",
     "Assembled",
     "ConversionCheck",
@@ -37,6 +38,7 @@ __all__ = [
     "LatestMove",
     "ListRecord",
     "Manifest",
+    "ModelCard",
     "PlanRecord",
     "PredictedRecord",
     "Prediction",
@@ -773,3 +775,95 @@ def read_history(path: Path) -> list[LatestMove]:
                 "fix or delete that line (the history is informative; `latest` itself is the link)."
             ) from None
     return moves
+
+
+# --- release: model_card.json (iterseg export-model, install-model) ---
+
+MODEL_CARD_FORMAT = 1  #: the card layout this iterseg writes; a newer one is refused on install
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """``model_card.json`` of a model archive: which iteration a shared model is, and how it scored.
+
+    Built by :mod:`iterseg.release.model_card` from the iteration's manifest and plan record;
+    ``plan_record`` becomes the installed model's ``planned.json``, so prediction needs no procdata.
+    """
+
+    dataset: str
+    iteration: str
+    dataset_name: str  # nnU-Net's DatasetNNN_<name>
+    modality: str
+    labels: dict[str, int]  # the model's dataset.json labels (the ignore label too, when trained with it)
+    training_cases: int
+    training_case_ids: tuple[str, ...]
+    training_patients: tuple[str, ...]
+    test_patients: tuple[str, ...]
+    test_metrics: dict[str, dict[str, Any]]  # label (and "mean") -> dice_mean, nsd_mean, cases
+    nsd_tolerance_mm: float | None  # None without a test set
+    plans: str
+    configuration: str
+    trainer: str
+    folds: tuple[str, ...]
+    planner: str | None  # None where the manifest predates the planner choice
+    inference: dict[str, Any]  # tile_step_size, use_mirroring the test metrics were measured with
+    versions: dict[str, str]  # the packages that trained it
+    promotion_reason: str
+    nnunet_zip: str  # the archive member holding nnU-Net's own model zip
+    nnunet_zip_sha256: str
+    roi_yaml_sha256: str
+    plan_record: PlanRecord
+    exported: str  # UTC, ISO 8601, seconds
+    format: int = MODEL_CARD_FORMAT
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields, in declaration order, tuples as lists and the plan record as its mapping."""
+        data: dict[str, Any] = json_ready(
+            {f.name: getattr(self, f.name) for f in fields(self) if f.name != "plan_record"}
+        )
+        data["plan_record"] = self.plan_record.to_json()
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> Self:
+        """The card of a ``model_card.json`` mapping."""
+        tuples = ("training_case_ids", "training_patients", "test_patients", "folds")
+        return cls(
+            **{
+                **data,
+                **{name: tuple(str(v) for v in _a_list(data[name])) for name in tuples},
+                "labels": {str(k): int(v) for k, v in data["labels"].items()},
+                "test_metrics": {str(k): dict(v) for k, v in data["test_metrics"].items()},
+                "plan_record": PlanRecord.from_json(data["plan_record"]),
+            }
+        )
+
+
+# --- analyze: analysis.json (iterseg analyze) ---
+
+
+@dataclass(frozen=True)
+class AnalysisRecord:
+    """``analysis.json`` of ``iterseg analyze``: the inputs, the model, the files written, the errors."""
+
+    status: str  # "done" (at least one case predicted) or "failed"
+    model: str  # the model folder the command was given
+    inputs: tuple[str, ...]  # the archives, in the order given ("input N" in errors is the N-th)
+    files: tuple[str, ...]  # written, relative to the output folder: seg/<case>.dcm, labels/<case>.nii.gz
+    errors: dict[str, str]  # case id (or "input N", "inputs", "prediction") -> what went wrong and the fix
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields, in declaration order, tuples as lists."""
+        data: dict[str, Any] = json_ready(plain_fields(self))
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> Self:
+        """The record of an ``analysis.json``."""
+        return cls(
+            status=str(data["status"]),
+            model=str(data["model"]),
+            inputs=tuple(str(p) for p in _a_list(data["inputs"])),
+            files=tuple(str(p) for p in _a_list(data["files"])),
+            errors={str(k): str(v) for k, v in dict(data["errors"]).items()},
+        )

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from iterseg import __version__
-from iterseg.cli import pacs, steps, tools
+from iterseg.cli import models, pacs, steps, tools
 from iterseg.errors import IterSegError
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ GROUPS = (
     ("workflow steps (the Snakemake rules run these)", steps),
     ("tools", tools),
     ("PACS", pacs),
+    ("models", models),
 )
 
 

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from iterseg.cli.common import add_command, add_seg_options, inference, optional_record, seg_options
 from iterseg.cluster.gpus import DEFAULT_LOCK_DIR
@@ -108,12 +109,41 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     out, policy = Path(args.out), BadCasePolicy(args.on_bad_case)
     run = predict_inbox(
-        work=Path(args.work), plan_record=Path(args.plan_record), trainer=args.trainer,
-        folds=tuple(args.folds), device=args.device, inbox=Path(args.inbox), modality=args.modality, out=out,
-        description=args.description, roi_yaml=Path(args.roi_yaml) if args.roi_yaml else None,
+        **_predicting_model(args), device=args.device, inbox=Path(args.inbox), out=out,
         on_bad_case=policy, seg_options=seg_options(args), inference=inference(args),
     )  # fmt: skip
     write_record(Path(args.output), predicted_record(out=out, run=run, on_bad_case=policy))
+
+
+_ITERATION_ARGS = ("work", "plan_record", "trainer", "folds", "roi_yaml")  # what --model replaces
+
+
+def _predicting_model(args: argparse.Namespace) -> dict[str, Any]:
+    """``predict_inbox``'s model arguments: an installed model's (``--model``) or an iteration's."""
+    from iterseg.errors import UsageError
+
+    given = [f"--{name.replace('_', '-')}" for name in _ITERATION_ARGS if getattr(args, name)]
+    if args.model:
+        from iterseg.release.installed import load_installed_model
+
+        if given:
+            raise UsageError(f"iterseg predict: --model replaces {', '.join(given)}; give one or the other.")
+        model = load_installed_model(Path(args.model))
+        return {
+            "work": model.work, "plan_record": model.plan_record, "trainer": model.trainer,
+            "folds": model.folds, "roi_yaml": model.roi_yaml, "modality": args.modality or model.modality,
+            "description": args.description or model.description,
+        }  # fmt: skip
+    missing = [
+        f"--{n.replace('_', '-')}" for n in (*_ITERATION_ARGS[:4], "description") if not getattr(args, n)
+    ]
+    if missing:
+        raise UsageError(f"iterseg predict: give --model DIR (an installed model), or {', '.join(missing)}.")
+    return {
+        "work": Path(args.work), "plan_record": Path(args.plan_record), "trainer": args.trainer,
+        "folds": tuple(args.folds), "roi_yaml": Path(args.roi_yaml) if args.roi_yaml else None,
+        "modality": args.modality or "CT", "description": args.description,
+    }  # fmt: skip
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -245,11 +275,11 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-mirroring", action="store_true", help="no test-time mirroring")
 
 
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
+def _add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """Which iteration, model and device a train or predict step works on."""
-    parser.add_argument("--work", required=True, help="the iteration's procdata folder")
-    parser.add_argument("--plan-record", required=True)
-    parser.add_argument("--trainer", required=True)
+    parser.add_argument("--work", required=required, help="the iteration's procdata folder")
+    parser.add_argument("--plan-record", required=required)
+    parser.add_argument("--trainer", required=required)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu", "mps"])
     parser.add_argument("--gpus", nargs="+", help="claim one free GPU of these for the step (workstation)")
     parser.add_argument("--gpu-lock-dir", default=str(DEFAULT_LOCK_DIR), help="folder of the GPU locks")
@@ -335,19 +365,32 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "predict", cmd_predict, "predict the inbox and export DICOM-SEGs")
-    _add_model_args(p)
+    p = add_command(
+        sub,
+        "predict",
+        cmd_predict,
+        "predict the inbox and export DICOM-SEGs, with an iteration's folds (--work, --plan-record, "
+        "--trainer, --folds) or an installed model (--model)",
+    )
+    p.add_argument(
+        "--model",
+        help="an installed model folder (iterseg install-model): replaces --work, --plan-record, --trainer, "
+        "--folds and --roi-yaml, and gives --modality and --description their defaults",
+    )
+    _add_model_args(p, required=False)
     _add_inference_args(p)
-    p.add_argument("--folds", nargs="+", required=True)
+    p.add_argument("--folds", nargs="+")
     p.add_argument("--inbox", required=True)
-    p.add_argument("--modality", default="CT", choices=["CT", "MR"])
+    p.add_argument("--modality", choices=["CT", "MR"], help="default: the installed model's, else CT")
     p.add_argument(
         "--out",
         required=True,
         help="the iteration's results folder: labels/, seg/, predictions.json and skipped_predictions.json "
         "are published there once every case is done",
     )
-    p.add_argument("--description", required=True)
+    p.add_argument(
+        "--description", help="SeriesDescription of the SEGs (default with --model: iterseg <dataset> <date>)"
+    )
     p.add_argument("--roi-yaml", help="coded descriptions and colours of the labels")
     add_seg_options(p)
     p.add_argument(

@@ -1,4 +1,4 @@
-"""Tools for people, outside the rules: demo data, SEG export, SLURM submission, status, rollback."""
+"""Tools for people, outside the rules: demo data, SEG export, NIfTI to DICOM, SLURM, status, rollback."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from iterseg.cli.common import add_command, add_seg_options, seg_options
 
-COMMANDS = ("demo-data", "export-seg", "submit", "status", "rollback", "reconvert")
+COMMANDS = ("demo-data", "export-seg", "nifti-to-dicom", "submit", "status", "rollback", "reconvert")
 
 
 def cmd_demo_data(args: argparse.Namespace) -> None:
@@ -28,6 +28,21 @@ def cmd_export_seg(args: argparse.Namespace) -> None:
         series_description=args.description, algorithm_version=args.algorithm_version,
         options=seg_options(args),
     )  # fmt: skip
+
+
+def cmd_nifti_to_dicom(args: argparse.Namespace) -> None:
+    """Write a NIfTI image as a DICOM series of new UIDs."""
+    from iterseg.dicom.from_nifti import Modality, nifti_to_dicom
+
+    written = nifti_to_dicom(
+        Path(args.image), Path(args.out), Modality(args.modality), patient_id=args.patient_id,
+        patient_name=args.patient_name, study_uid=args.study_uid, accession=args.accession,
+        study_description=args.study_description, series_description=args.series_description,
+        study_date=args.study_date, force=args.force,
+    )  # fmt: skip
+    sys.stdout.write(
+        f"{len(written.files)} {written.modality} slices of series {written.series_uid} in {args.out}\n"
+    )
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
@@ -70,7 +85,9 @@ def _after_dashes(snakemake_args: list[str]) -> list[str]:
 
 def register(sub: argparse._SubParsersAction) -> tuple[str, ...]:
     """Add the tools' sub-commands to ``sub``; return their names, in help order."""
-    for add in (_add_demo_data, _add_export_seg, _add_submit, _add_status, _add_rollback, _add_reconvert):
+    adders = (_add_demo_data, _add_export_seg, _add_nifti_to_dicom, _add_submit, _add_status, _add_rollback,
+              _add_reconvert)  # fmt: skip
+    for add in adders:
         add(sub)
     return COMMANDS
 
@@ -108,6 +125,29 @@ def _add_export_seg(sub: argparse._SubParsersAction) -> None:
         "--algorithm-version", default="manual export", help="model identification recorded in each segment"
     )
     add_seg_options(p)
+
+
+def _add_nifti_to_dicom(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub,
+        "nifti-to-dicom",
+        cmd_nifti_to_dicom,
+        "write a NIfTI image as a DICOM CT or MR series of new UIDs (geometry and values exact), so its "
+        "predictions can be exported as SEG and opened in a viewer or stored in a PACS",
+    )
+    p.add_argument("image", help="3D NIfTI image (.nii.gz, .nii; also .nrrd, .mha)")
+    p.add_argument("--out", required=True, help="folder to write one .dcm per slice into (new or empty)")
+    p.add_argument("--modality", required=True, choices=["CT", "MR"], help="CT: values are HU")
+    p.add_argument("--patient-id", required=True, help="PatientID of the series")
+    p.add_argument("--patient-name", help="PatientName, DICOM style: Family^Given")
+    p.add_argument("--study-uid", help="StudyInstanceUID to add the series to (default: a new study)")
+    p.add_argument("--study-description", default="", help="StudyDescription")
+    p.add_argument("--series-description", default="", help="SeriesDescription")
+    p.add_argument("--accession", default="", help="AccessionNumber (at most 16 characters)")
+    p.add_argument("--study-date", help="StudyDate as YYYYMMDD (default: today)")
+    p.add_argument(
+        "--force", action="store_true", help="replace an --out folder that already holds .dcm files"
+    )
 
 
 def _add_submit(sub: argparse._SubParsersAction) -> None:

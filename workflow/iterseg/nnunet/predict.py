@@ -261,9 +261,9 @@ def _predict_case(model: _Model, case: InboxCase, modality: str, staging: Path) 
     )
 
 
-def _fresh_staging(work: Path, out: Path) -> Path:
-    """An empty staging folder outside ``out``, with what a killed earlier run left removed."""
-    staging = staging_dir(work / STAGING_NAME, out, STAGING_NAME)
+def _fresh_staging(root: Path, out: Path) -> Path:
+    """An empty staging folder in ``root``, outside ``out``, with what a killed earlier run left removed."""
+    staging = staging_dir(root / STAGING_NAME, out, STAGING_NAME)
     for leftover in (staging, out / _OLD_STAGING):
         if leftover.exists():
             logger.info("%s: removing what an interrupted earlier run left", leftover)
@@ -305,13 +305,16 @@ def predict_inbox(
     on_bad_case: BadCasePolicy = BadCasePolicy.SKIP,
     seg_options: SegOptions = DEFAULT_SEG_OPTIONS,
     inference: Inference = DEFAULT_INFERENCE,
+    *,
+    staging_root: Path | None = None,
 ) -> InboxPrediction:
     """Predict all inbox cases with the ensemble of ``folds``; publish NIfTI labels + DICOM-SEGs.
 
     Parameters
     ----------
     work
-        Iteration folder with the trained model; outputs are staged in ``work/predictions.partial``.
+        Iteration folder with the trained model; outputs are staged in ``work/predictions.partial``
+        (unless ``staging_root`` says elsewhere).
     plan_record
         The plan step's record (dataset, plans, configuration).
     trainer, folds, device
@@ -336,6 +339,9 @@ def predict_inbox(
         Transfer syntax and empty frames of the SEG files (the dataset's ``seg`` settings).
     inference
         Tile step size and test-time mirroring (``nnunet.inference``).
+    staging_root
+        Where to stage instead of ``work`` (``<staging_root>/predictions.partial``): the analyzer
+        stages in its temporary folder, so that nothing is written into the model's folder.
 
     Raises
     ------
@@ -346,7 +352,7 @@ def predict_inbox(
     """
     # long only for its parameter docs: the body is three phases (scan, predict, check and publish)
     scan: InboxScan = scan_inbox(inbox, modality)
-    staging = _fresh_staging(work, out)
+    staging = _fresh_staging(work if staging_root is None else staging_root, out)
 
     def load() -> _Model:
         return _load_model(
