@@ -25,6 +25,7 @@ pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 FIRST, SECOND, THIRD = "2026-01-15", "2026-03-02", "2026-04-01"
 PRE = "data/procdata/demo/{date}__demo/nnUNet_preprocessed/{name}"
 TEST_PATIENTS = {"P003", "P004"}  # config/demo.yaml
+LIVER_SPREAD = 0.01  # how much the demo's liver test Dice may lose at iteration 2 (noise, issue 16)
 
 
 def procdata(project: Path, date: str) -> Path:
@@ -93,7 +94,7 @@ def test_latest_points_at_the_second_iteration(demo_run: dict) -> None:
 
 
 def test_the_demo_model_learns_both_labels_and_improves(demo_run: dict) -> None:
-    """The loop pays on the demo: the liver and the tumour found, the second iteration no worse."""
+    """The loop pays on the demo: the liver and the tumour found, the second iteration better."""
     results = demo_run["project"] / "data/results/demo"
 
     def test_dice(date: str) -> dict[str, float]:
@@ -102,7 +103,13 @@ def test_the_demo_model_learns_both_labels_and_improves(demo_run: dict) -> None:
 
     first, second = test_dice(FIRST), test_dice(SECOND)
     assert second["liver"] >= 0.85 and second["tumour"] >= 0.6, (first, second)
-    assert all(second[label] >= first[label] for label in second), (first, second)
+    # The tumour, the label the refinements are about, must gain. The liver is near its ceiling
+    # from the first iteration on (test Dice 0.95-0.98 in the 5 runs measured for issue 16; the
+    # second iteration's was 0.004 lower in one of them): it may not lose more than 0.01, and the
+    # mean must gain.
+    assert second["tumour"] >= first["tumour"], (first, second)
+    assert second["liver"] >= first["liver"] - LIVER_SPREAD, (first, second)
+    assert sum(second.values()) > sum(first.values()), (first, second)
     promotion = json.loads((results / SECOND / "manifest.json").read_text())["promotion"]
     assert promotion["promoted"] is True and "(allowed drop 0.02)" in promotion["reason"], promotion
 
