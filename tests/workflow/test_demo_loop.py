@@ -16,6 +16,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+import yaml
 from conftest import REPO, tree_digest
 from iterseg.dicom.series import find_image_series
 from seg_checks import frame_positions_on_source_slices, referenced_series, seg_label_map
@@ -25,7 +26,6 @@ pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 FIRST, SECOND, THIRD = "2026-01-15", "2026-03-02", "2026-04-01"
 PRE = "data/procdata/demo/{date}__demo/nnUNet_preprocessed/{name}"
 TEST_PATIENTS = {"P003", "P004"}  # config/demo.yaml
-LIVER_SPREAD = 0.01  # how much the demo's liver test Dice may lose at iteration 2 (noise, issue 16)
 
 
 def procdata(project: Path, date: str) -> Path:
@@ -103,12 +103,14 @@ def test_the_demo_model_learns_both_labels_and_improves(demo_run: dict) -> None:
 
     first, second = test_dice(FIRST), test_dice(SECOND)
     assert second["liver"] >= 0.85 and second["tumour"] >= 0.6, (first, second)
-    # The tumour, the label the refinements are about, must gain. The liver is near its ceiling
-    # from the first iteration on (test Dice 0.95-0.98 in the 5 runs measured for issue 16; the
-    # second iteration's was 0.004 lower in one of them): it may not lose more than 0.01, and the
-    # mean must gain.
+    # The tumour, the label the refinements are about, must gain (by 0.13-0.19 in the 6 runs
+    # measured for issue 16) and so must the mean. The liver is near its ceiling from the first
+    # iteration on (0.95-0.98), where runs differ by up to 0.015 (it lost that much once, and
+    # gained up to 0.015 in others): it may lose no more than the gate allows the mean.
+    allowed = yaml.safe_load((demo_run["project"] / "config/demo.yaml").read_text())["promotion"]
+    assert allowed["max_dice_drop"] == 0.02
     assert second["tumour"] >= first["tumour"], (first, second)
-    assert second["liver"] >= first["liver"] - LIVER_SPREAD, (first, second)
+    assert second["liver"] >= first["liver"] - allowed["max_dice_drop"], (first, second)
     assert sum(second.values()) > sum(first.values()), (first, second)
     promotion = json.loads((results / SECOND / "manifest.json").read_text())["promotion"]
     assert promotion["promoted"] is True and "(allowed drop 0.02)" in promotion["reason"], promotion
