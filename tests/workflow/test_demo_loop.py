@@ -103,10 +103,10 @@ def test_the_demo_model_learns_both_labels_and_improves(demo_run: dict) -> None:
 
     first, second = test_dice(FIRST), test_dice(SECOND)
     assert second["liver"] >= 0.85 and second["tumour"] >= 0.6, (first, second)
-    # The tumour, the label the refinements are about, must gain (by 0.13-0.19 in the 6 runs
+    # The tumour, the label the refinements are about, must gain (by 0.12-0.17 in the 7 runs
     # measured for issue 16) and so must the mean. The liver is near its ceiling from the first
-    # iteration on (0.95-0.98), where runs differ by up to 0.015 (it lost that much once, and
-    # gained up to 0.015 in others): it may lose no more than the gate allows the mean.
+    # iteration on (0.95-0.98) and does not gain on average (-0.016 to +0.015 in those runs):
+    # it may lose no more than the gate allows the mean.
     allowed = yaml.safe_load((demo_run["project"] / "config/demo.yaml").read_text())["promotion"]
     assert allowed["max_dice_drop"] == 0.02
     assert second["tumour"] >= first["tumour"], (first, second)
