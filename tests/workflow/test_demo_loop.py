@@ -32,6 +32,15 @@ def procdata(project: Path, date: str) -> Path:
     return project / f"data/procdata/demo/{date}__demo"
 
 
+def ct_as_nifti(folder: Path, nifti: Path) -> Path:
+    """The CT series in ``folder`` written as the NIfTI file ``nifti``: a case that comes without DICOM."""
+    (ct,) = find_image_series(folder, "CT")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(f) for f in ct.files])
+    sitk.WriteImage(reader.Execute(), str(nifti))
+    return nifti
+
+
 GATE_STRICT = "config/gate_strict.yaml"  # a gate no iteration passes: demands a gain of 1.0
 
 
@@ -533,11 +542,8 @@ def third_run(demo_run: dict) -> dict:
     _, masks = phantom_arrays(annotated(phantom, 1.0))
     write_seg(phantom, ct, third / "P012" / "SEG" / "seg.dcm", masks, "v1")
     # a case that arrives as NIfTI only (no DICOM): predicted, without a SEG
-    (ct,) = find_image_series(raw / "inbox" / "P101", "CT")
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames([str(f) for f in ct.files])
     (raw / "inbox" / "P104N").mkdir()
-    sitk.WriteImage(reader.Execute(), str(raw / "inbox" / "P104N" / "ct.nii.gz"))
+    ct_as_nifti(raw / "inbox" / "P101", raw / "inbox" / "P104N" / "ct.nii.gz")
     latest_manifest = json.loads((project / "data/results/demo/latest/manifest.json").read_text())
     run = snakemake(project, gate=GATE_STRICT)
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-5000:]
@@ -976,10 +982,7 @@ def _analyzed_tar(project: Path, to: Path) -> bytes:
     import tarfile
 
     inbox = project / "data/rawdata/demo/inbox"
-    (ct,) = find_image_series(inbox / "P101", "CT")
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames([str(f) for f in ct.files])
-    sitk.WriteImage(reader.Execute(), str(to / "P101N.nii.gz"))
+    ct_as_nifti(inbox / "P101", to / "P101N.nii.gz")
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         tar.add(inbox / "P101", arcname="P101")
@@ -1088,10 +1091,7 @@ def test_analyze_with_the_installed_model_predicts_as_the_iteration(demo_run: di
     installed = subprocess.run(install, capture_output=True, text=True, check=False)
     assert installed.returncode == 0, installed.stderr[-3000:]
     model = Path(installed.stdout.strip())
-    (ct,) = find_image_series(project / "data/rawdata/demo/inbox/P101", "CT")
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames([str(f) for f in ct.files])
-    sitk.WriteImage(reader.Execute(), str(tmp_path / "ct.nii.gz"))
+    ct_as_nifti(project / "data/rawdata/demo/inbox/P101", tmp_path / "ct.nii.gz")
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         tar.add(tmp_path / "ct.nii.gz", arcname="P9/ct.nii.gz")
