@@ -25,7 +25,7 @@ from iterseg.errors import ModelArchiveError
 from iterseg.nnunet.ensemble import CHECKPOINT_NAME
 from iterseg.paths import PROCDATA, RESULTS_ROOT, fold_dir_name, iteration_dir, model_dir
 from iterseg.records import Manifest, ModelCard, PlanRecord, RecordError, read_record
-from iterseg.release.manifest import MANIFEST_FILE, file_sha256
+from iterseg.release.manifest import MANIFEST_FILE, file_sha256, not_promoted_because
 from iterseg.release.model_card import fold_trainer
 
 logger = logging.getLogger(__name__)
@@ -150,8 +150,8 @@ def _promoted_iteration(path: Path) -> InstalledModel:
         manifest = read_record(manifest_path, Manifest)
     except RecordError as exc:
         raise ModelArchiveError(f"{manifest_path}: no manifest this iterseg reads ({exc})") from None
-    if manifest.promotion is None or not manifest.promotion.promoted:
-        why = manifest.promotion.reason if manifest.promotion else "it records no promotion decision"
+    why = not_promoted_because(manifest)
+    if why is not None:
         raise ModelArchiveError(
             f"{manifest_path}: iteration {manifest.iteration} was not promoted ({why}), and only a "
             f"promoted model analyzes; pass {folder.parent / 'latest'} (the last promoted one) or another "

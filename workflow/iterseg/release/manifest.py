@@ -35,8 +35,22 @@ PACKAGES = (
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of one file's bytes."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """sha256 of one file's bytes, read in chunks (an exported model zip can be gigabytes)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(2**20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def not_promoted_because(manifest: Manifest) -> str | None:
+    """Why the iteration of ``manifest`` was not promoted, or None when it was.
+
+    Only a promoted iteration is exported (``iterseg export-model``) or analyzed with.
+    """
+    if manifest.promotion is None:
+        return "it records no promotion decision"
+    return None if manifest.promotion.promoted else manifest.promotion.reason
 
 
 def package_versions() -> dict[str, str]:

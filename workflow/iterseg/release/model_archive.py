@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import io
 import logging
 import os
@@ -45,7 +44,7 @@ from iterseg.records import (
     write_record,
 )
 from iterseg.release.installed import CARD_FILE, CARD_MARKDOWN, PLANNED_FILE, ROI_FILE, model_files
-from iterseg.release.manifest import MANIFEST_FILE
+from iterseg.release.manifest import MANIFEST_FILE, file_sha256, not_promoted_because
 from iterseg.release.model_card import NNUNET_ZIP, build_model_card, fold_trainer, render_model_card
 from iterseg.release.promote import current_latest, finished_iterations
 
@@ -56,15 +55,6 @@ MAX_BYTES = 50 * 2**30  # a generous bound on what a model (five folds of a larg
 MAX_MEMBERS = 10_000
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")  # card values that become folder names
 _BROKEN_ZIP = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 of one file's bytes, read in chunks (a model zip can be gigabytes)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(2**20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def default_archive(results: Path, dataset: str, date: str) -> Path:
@@ -95,8 +85,8 @@ def _iteration_date(dataset_results: Path, date: str | None) -> str:
 
 def _promoted_manifest(path: Path, dataset: str, date: str) -> Manifest:
     manifest = read_record(path, Manifest)
-    if manifest.promotion is None or not manifest.promotion.promoted:
-        why = manifest.promotion.reason if manifest.promotion else "it records no promotion decision"
+    why = not_promoted_because(manifest)
+    if why is not None:
         raise ModelArchiveError(
             f"{path}: iteration {date} was not promoted ({why}), and only a promoted model is shared. "
             f"Export one that passed the gate: `iterseg status {dataset}` lists them, and without DATE "
@@ -114,7 +104,7 @@ def _copy_recorded_roi_yaml(manifest: Manifest, manifest_path: Path, to: Path) -
             "run export-model in the project folder you run snakemake in."
         )
     shutil.copyfile(recorded, to)
-    digest = sha256_file(to)
+    digest = file_sha256(to)
     if digest != manifest.roi_yaml["sha256"]:
         raise ModelArchiveError(
             f"{recorded}: changed since iteration {manifest.iteration} was trained (sha256 {digest}, "
@@ -210,7 +200,7 @@ def export_model(
         _export_nnunet(work, plan, fold_trainer(manifest, str(manifest_path)), folds, staging / NNUNET_ZIP)
         card = build_model_card(
             dataset=dataset, manifest=manifest, manifest_path=str(manifest_path), plan=plan,
-            nnunet_zip_sha256=sha256_file(staging / NNUNET_ZIP), roi_yaml_sha256=roi_sha256,
+            nnunet_zip_sha256=file_sha256(staging / NNUNET_ZIP), roi_yaml_sha256=roi_sha256,
         )  # fmt: skip
         write_record(staging / CARD_FILE, card)
         (staging / CARD_MARKDOWN).write_text(render_model_card(card))
@@ -330,7 +320,7 @@ def _refuse_existing(dest: Path, force: bool) -> None:
 
 def _verify_checksums(staging: Path, card: ModelCard, archive: Path) -> None:
     for member, expected in ((NNUNET_ZIP, card.nnunet_zip_sha256), (ROI_FILE, card.roi_yaml_sha256)):
-        actual = sha256_file(staging / member)
+        actual = file_sha256(staging / member)
         if actual != expected:
             raise ModelArchiveError(
                 f"{archive}: {member} has sha256 {actual}, but its model card says {expected}: the archive "
