@@ -238,3 +238,23 @@ def test_an_unknown_planner_names_the_key_and_the_allowed_planners() -> None:
     for size in ("M", "L", "XL"):
         assert f"'nnUNetPlannerResEnc{size}'" in message
     assert "'ExperimentPlanner'" in message
+
+
+def test_channels_are_read_in_config_order_and_checked() -> None:
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    config = yaml.safe_load((repo / "config" / "demo_mr.yaml").read_text())
+    (ds,) = load_settings(copy.deepcopy(config)).datasets.values()
+    assert [(c.name, c.patterns) for c in ds.channels] == [("FLAIR", ("flair",)), ("T1", ("^t1",))]
+    config["datasets"]["demo-mr"]["channels"] = {"T2": ["t2"], "FLAIR": ["flair"]}
+    assert [c.name for c in load_settings(copy.deepcopy(config)).datasets["demo-mr"].channels] == [
+        "T2",
+        "FLAIR",
+    ]
+    config["datasets"]["demo-mr"]["channels"] = {"FLAIR": ["flair"]}
+    with pytest.raises(ConfigError, match=r"datasets\.demo-mr\.channels"):
+        load_settings(copy.deepcopy(config))  # one series per case needs no channels
+    config["datasets"]["demo-mr"]["channels"] = {"FLAIR": ["flair"], "T1": ["t1(?!"]}
+    with pytest.raises(ConfigError, match=r"datasets.demo-mr.channels.T1: 't1\(\?!' is not a regex"):
+        load_settings(copy.deepcopy(config))

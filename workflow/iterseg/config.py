@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from iterseg.cluster.gpus import DEFAULT_LOCK_DIR
+from iterseg.convert.channels import Channel, parse_channels
 from iterseg.dicom.seg_options import DEFAULT_SEG_OPTIONS, SegOptions, SegTransferSyntax
 from iterseg.errors import ConfigError
 from iterseg.nnunet.ensemble import DEFAULT_INFERENCE, Inference
@@ -44,6 +45,7 @@ class DatasetSettings:
     nsd_tolerance_mm: float = 2.0
     seg: SegOptions = DEFAULT_SEG_OPTIONS
     pacs: PacsSettings | None = None  # None: the dataset has no PACS
+    channels: tuple[Channel, ...] = ()  # multi-sequence cases; empty: one series per case
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,7 @@ def _dataset_settings(name: str, ds: Mapping[str, Any], config_dir: Path) -> Dat
         nsd_tolerance_mm=float(ds["test_set"]["nsd_tolerance_mm"]),
         seg=SegOptions(SegTransferSyntax(ds["seg"]["transfer_syntax"]), bool(ds["seg"]["omit_empty_frames"])),
         pacs=pacs_settings(name, ds["pacs"], ds["modality"]) if "pacs" in ds else None,
+        channels=parse_channels(ds.get("channels"), f"datasets.{name}.channels"),
     )
 
 

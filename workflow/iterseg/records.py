@@ -222,6 +222,12 @@ class ConvertedCase(FieldsRecord):
     key: str = ""  # content of image + annotation + conversion settings
     conversion: str = "converted"  # or "reused"
     reused_from: str | None = None  # snapshot date whose NIfTI was reused
+    # channels after the first (``image``): {"channel", "index", "image", source and resampling}
+    extra_channels: list[dict[str, Any]] = field(default_factory=list)
+    # of the image series: what multi-sequence channels are matched by
+    image_description: str = ""
+    image_protocol: str = ""
+    frame_of_reference: str = ""
 
 
 @dataclass(frozen=True)
@@ -815,6 +821,7 @@ class ModelCard:
     plan_record: PlanRecord
     exported: str  # UTC, ISO 8601, seconds
     format: int = MODEL_CARD_FORMAT
+    channels: dict[str, list[str]] = field(default_factory=dict)  # multi-sequence models: name -> regexes
 
     def to_json(self) -> dict[str, Any]:
         """The fields, in declaration order, tuples as lists and the plan record as its mapping."""

@@ -47,6 +47,15 @@ class Params:
         """CT or MR."""
         return self._dataset(wildcards).modality
 
+    def channels_arg(self, wildcards: Any) -> str:
+        """``--channels '<json>'`` of a multi-sequence dataset, else nothing."""
+        from shlex import quote
+
+        from iterseg.convert.channels import channels_to_json
+
+        channels = self._dataset(wildcards).channels
+        return f"--channels {quote(channels_to_json(channels))}" if channels else ""
+
     def mask_saving_strategy(self, wildcards: Any) -> str:
         """How overlapping ROIs combine into one label map."""
         return self._dataset(wildcards).mask_saving_strategy

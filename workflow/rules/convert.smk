@@ -31,9 +31,10 @@ rule convert_snapshot:
         unrefined=PARAMS.unrefined_arg,
         duplicates=PARAMS.duplicate_rule,
         on_bad_case=ON_BAD_CASE,
+        channels=PARAMS.channels_arg,
     shell:
         "iterseg --log {log:q} convert --snapshot {input.snapshot:q} --out {params.out:q}"
-        " --roi-yaml {input.roi:q} --modality {params.modality:q}"
+        " --roi-yaml {input.roi:q} --modality {params.modality:q} {params.channels}"
         " --mask-saving-strategy {params.strategy:q} {params.unrefined}"
         " --duplicate-annotations {params.duplicates:q} --reuse-from {input.earlier:q}"
         " --on-bad-case {params.on_bad_case:q} --jobs {threads}"
@@ -61,10 +62,11 @@ rule convert_assemble:
         missing_roi=PARAMS.missing_roi,
         test_set=PARAMS.test_set_args,
         previous=PARAMS.previous_assembled_arg,
+        channels=PARAMS.channels_arg,
     shell:
         "iterseg --log {log:q} assemble --work {params.work:q} --dataset-name {params.name:q}"
         " --converted {params.converted:q} --roi-yaml {input.roi:q}"
-        " --modality {params.modality:q} --missing-roi {params.missing_roi:q}"
+        " --modality {params.modality:q} {params.channels} --missing-roi {params.missing_roi:q}"
         " {params.test_set} {params.previous} --output {output.record:q}"
 
 

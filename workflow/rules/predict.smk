@@ -40,11 +40,12 @@ rule predict_inbox:
         out=paths.RESULTS,
         description="iterseg {dataset} {date}",
         on_bad_case=ON_BAD_CASE,
+        channels=PARAMS.channels_arg,
     shell:
         "iterseg --log {log:q} predict --work {params.work:q} --plan-record {input.plan:q}"
         " --trainer {params.trainer:q} --folds {params.folds:q} --device {params.device:q} {params.gpus}"
         " {params.inference}"
-        " --inbox {params.inbox:q} --modality {params.modality:q} --out {params.out:q}"
+        " --inbox {params.inbox:q} --modality {params.modality:q} {params.channels} --out {params.out:q}"
         " --description {params.description:q} --roi-yaml {input.roi:q} {params.seg}"
         " --on-bad-case {params.on_bad_case:q}"
         " --output {output.record:q}"

@@ -33,9 +33,10 @@ rule report_qc:
         results=ITERATIONS.results_dir,
         inbox=PARAMS.inbox_dir,
         modality=PARAMS.modality,
+        channels=PARAMS.channels_arg,
     shell:
         "iterseg --log {log:q} qc --results {params.results:q} --inbox {params.inbox:q} --assembled {input.assembled:q}"
-        " --roi-yaml {input.roi:q} --modality {params.modality:q} --out {output.qc:q}"
+        " --roi-yaml {input.roi:q} --modality {params.modality:q} {params.channels} --out {output.qc:q}"
 
 
 rule report_worklist:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from iterseg.dicom.seg_options import SegOptions, SegTransferSyntax
 from iterseg.records import Record, read_record
+
+if TYPE_CHECKING:
+    from iterseg.convert.channels import Channel
 
 R = TypeVar("R", bound=Record)
 
@@ -31,6 +34,23 @@ def add_command(
 def optional_record(path: str | None, kind: type[R]) -> R | None:
     """The record of type ``kind`` at ``path`` (a command-line value), or None when not given."""
     return read_record(Path(path), kind) if path else None
+
+
+def add_channels_option(parser: argparse.ArgumentParser) -> None:
+    """``--channels``: a multi-sequence dataset's channels, as the rules pass them from the config."""
+    parser.add_argument(
+        "--channels",
+        default="",
+        help='JSON object, channel -> regexes over SeriesDescription/ProtocolName, e.g. \'{"FLAIR": '
+        '["flair"], "T1": ["^t1"]}\'; the first is the annotated reference series (default: one series)',
+    )
+
+
+def channels(args: argparse.Namespace) -> tuple[Channel, ...]:
+    """The channels ``--channels`` names (none: a single-series dataset)."""
+    from iterseg.convert.channels import channels_from_json
+
+    return channels_from_json(args.channels)
 
 
 def add_seg_options(parser: argparse.ArgumentParser) -> None:

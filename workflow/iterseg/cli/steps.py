@@ -14,9 +14,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-from iterseg.cli.common import add_command, add_seg_options, inference, optional_record, seg_options
+from iterseg.cli.common import (
+    add_channels_option,
+    add_command,
+    add_seg_options,
+    channels,
+    inference,
+    optional_record,
+    seg_options,
+)
 from iterseg.cluster.gpus import DEFAULT_LOCK_DIR
 from iterseg.nnunet.plan import DEFAULT_PLANNER, PLANNERS
+from iterseg.paths import nnunet_roots
 from iterseg.records import Assembled, read_record, write_record
 
 logger = logging.getLogger(__name__)
@@ -48,15 +57,13 @@ def cmd_convert(args: argparse.Namespace) -> None:
         allow_unrefined=args.allow_unrefined_predictions,
         duplicates=DuplicateRule(args.duplicate_annotations),
         reuse_from=[Path(p).parent for p in args.reuse_from if p],
-        on_bad_case=BadCasePolicy(args.on_bad_case),
+        on_bad_case=BadCasePolicy(args.on_bad_case), channels=channels(args),
     )  # fmt: skip
 
 
 def cmd_assemble(args: argparse.Namespace) -> None:
     """Build the iteration's nnU-Net raw dataset from converted snapshots."""
     from iterseg.convert.assemble import HoldoutSpec, MissingRoiPolicy, assemble_dataset
-    from iterseg.paths import nnunet_roots
-    from iterseg.records import Assembled
 
     first = optional_record(args.test_set_from, Assembled)  # later iterations keep its test set
     record = assemble_dataset(
@@ -65,6 +72,7 @@ def cmd_assemble(args: argparse.Namespace) -> None:
         roi_yaml=Path(args.roi_yaml), modality=args.modality, missing_roi=MissingRoiPolicy(args.missing_roi),
         test_spec=HoldoutSpec(args.test_fraction, tuple(args.test_patients), args.test_seed),
         frozen_test_set=first.test_set if first else None, previous=optional_record(args.previous, Assembled),
+        channel_names=tuple(c.name for c in channels(args)),
     )  # fmt: skip
     write_record(Path(args.output), record)
 
@@ -132,7 +140,7 @@ def _predicting_model(args: argparse.Namespace) -> dict[str, Any]:
         return {
             "work": model.work, "plan_record": model.plan_record, "trainer": model.trainer,
             "folds": model.folds, "roi_yaml": model.roi_yaml, "modality": args.modality or model.modality,
-            "description": args.description or model.description,
+            "description": args.description or model.description, "channels": model.channels,
         }  # fmt: skip
     missing = [
         f"--{n.replace('_', '-')}" for n in (*_ITERATION_ARGS[:4], "description") if not getattr(args, n)
@@ -143,6 +151,7 @@ def _predicting_model(args: argparse.Namespace) -> dict[str, Any]:
         "work": Path(args.work), "plan_record": Path(args.plan_record), "trainer": args.trainer,
         "folds": tuple(args.folds), "roi_yaml": Path(args.roi_yaml) if args.roi_yaml else None,
         "modality": args.modality or "CT", "description": args.description,
+        "channels": channels(args),
     }  # fmt: skip
 
 
@@ -177,7 +186,7 @@ def cmd_qc(args: argparse.Namespace) -> None:
     qc_iteration(
         results=Path(args.results), inbox=Path(args.inbox),
         assembled=read_record(Path(args.assembled), Assembled),
-        roi_yaml=Path(args.roi_yaml), modality=args.modality, out=Path(args.out),
+        roi_yaml=Path(args.roi_yaml), modality=args.modality, out=Path(args.out), channels=channels(args),
     )  # fmt: skip
 
 
@@ -291,6 +300,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--roi-yaml", required=True)
     p.add_argument("--modality", default="CT", choices=["CT", "MR"])
+    add_channels_option(p)
     p.add_argument(
         "--mask-saving-strategy", default="sparse_mask", choices=["sparse_mask", "label_image", "region_mask"]
     )
@@ -322,6 +332,7 @@ def _add_assemble(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--converted", nargs="+", required=True, help="converted folders in date order")
     p.add_argument("--roi-yaml", required=True)
     p.add_argument("--modality", default="CT", choices=["CT", "MR"])
+    add_channels_option(p)
     p.add_argument("--missing-roi", default="ignore", choices=["ignore", "drop", "error"])
     p.add_argument(
         "--test-fraction", type=float, default=0.0, help="first iteration: share of patients held out"
@@ -382,6 +393,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", nargs="+")
     p.add_argument("--inbox", required=True)
     p.add_argument("--modality", choices=["CT", "MR"], help="default: the installed model's, else CT")
+    add_channels_option(p)
     p.add_argument(
         "--out",
         required=True,
@@ -425,6 +437,7 @@ def _add_qc(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--assembled", required=True, help="the iteration's assembled.json")
     p.add_argument("--roi-yaml", required=True)
     p.add_argument("--modality", default="CT", choices=["CT", "MR"])
+    add_channels_option(p)
     p.add_argument("--out", required=True, help="folder for the PNGs")
 
 

@@ -12,10 +12,15 @@ COMMANDS = ("demo-data", "export-seg", "nifti-to-dicom", "submit", "status", "ro
 
 
 def cmd_demo_data(args: argparse.Namespace) -> None:
-    """Write the synthetic demo dataset."""
+    """Write the synthetic demo dataset: CT, or with ``--mr`` two MR sequences named after the folder."""
     from iterseg.rawdata.demo import write_demo_dataset
+    from iterseg.rawdata.demo_mr import write_demo_mr_dataset
 
-    write_demo_dataset(root=Path(args.directory))
+    root = Path(args.directory)
+    if args.mr:
+        write_demo_mr_dataset(root, dataset=root.resolve().name)
+    else:
+        write_demo_dataset(root=root)
 
 
 def cmd_export_seg(args: argparse.Namespace) -> None:
@@ -95,6 +100,11 @@ def register(sub: argparse._SubParsersAction) -> tuple[str, ...]:
 def _add_demo_data(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "demo-data", cmd_demo_data, "write the synthetic demo dataset (2 snapshots + inbox)")
     p.add_argument("directory", help="dataset folder to create, e.g. data/rawdata/demo")
+    p.add_argument(
+        "--mr", action="store_true",
+        help="write the MR demo instead: one snapshot + inbox, each patient an AX FLAIR and a T1 AX "
+        "series on another grid (config/demo_mr.yaml); the dataset is the folder's name, e.g. demo-mr",
+    )  # fmt: skip
 
 
 def _add_export_seg(sub: argparse._SubParsersAction) -> None:

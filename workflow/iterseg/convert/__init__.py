@@ -4,16 +4,20 @@ Modules
 -------
 snapshot     one snapshot's conversion, incremental, one bad case skipped (``iterseg convert``)
 annotations  which annotation of which image series a snapshot contributes
+channels     multi-sequence cases: which series is which nnU-Net channel, all on the reference grid
 pair         one image series + its annotation -> NIfTI image and label map
 check        the independent check of every label map against its DICOM annotation
 nifti        the NIfTI writer
+decathlon    an nnU-Net / Decathlon snapshot of NIfTI files instead of DICOM, checked alike
 assemble     an iteration's nnU-Net raw dataset: winners, test set, partial labels (``iterseg assemble``)
 """
 
 __all__ = [
     "annotations",
     "assemble",
+    "channels",
     "check",
+    "decathlon",
     "nifti",
     "pair",
     "snapshot",

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pydicom
 
+from iterseg.convert.channels import Channel, ChannelError, SeriesLabel, assign_channels
 from iterseg.dicom.seg_writer import ALGORITHM_NAME, LEGACY_ALGORITHM_NAMES, SEG_MANUFACTURER
 from iterseg.dicom.series import dicom_files, header_text
 from iterseg.errors import SnapshotError
@@ -55,6 +56,15 @@ class SeriesInfo:
     series_datetime: str  # SeriesDate+SeriesTime (else ContentDate+ContentTime); "" if absent
     roi_names: tuple[str, ...] = ()  # for annotations: segment labels / ROI names with contours
     unrefined_prediction: bool = False  # a SEG exported by iterseg and not edited since
+    description: str = ""  # SeriesDescription, ProtocolName: what multi-sequence channels match
+    protocol: str = ""
+    frame_of_reference: str = ""
+
+    def label(self) -> SeriesLabel:
+        """What channel assignment reads of the series."""
+        return SeriesLabel(
+            self.series_uid, self.description, self.protocol, self.frame_of_reference, str(self.folder)
+        )
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,7 @@ class Selection:
     image: SeriesInfo
     annotation: SeriesInfo
     reason: str
+    channels: tuple[SeriesInfo, ...] = ()  # multi-sequence cases: the series of channels 1.., in order
 
 
 def content_hash(files: tuple[Path, ...]) -> str:
@@ -228,6 +239,9 @@ def scan_series(folder: Path, *more: Path, problems: list[CaseProblem] | None = 
                 series_datetime=_datetime(header),
                 roi_names=_roi_names(header),
                 unrefined_prediction=is_unrefined_prediction(header),
+                description=header_text(header, "SeriesDescription"),
+                protocol=header_text(header, "ProtocolName"),
+                frame_of_reference=str(getattr(header, "FrameOfReferenceUID", "")),
             )
         )
     for path, reason in unreadable:
@@ -384,6 +398,7 @@ def select_annotations(
     duplicates: DuplicateRule = DuplicateRule.ERROR,
     earlier_images: dict[str, SeriesInfo] | None = None,
     unpacked: list[Path] | None = None,
+    channels: tuple[Channel, ...] = (),
 ) -> tuple[dict[str, Selection], list[ExcludedAnnotation], list[CaseProblem]]:
     """Image series that must come out of the conversion, each with its single annotation.
 
@@ -402,6 +417,9 @@ def select_annotations(
         without repeating the images it annotates.
     unpacked
         Folders holding the snapshot's unpacked archives, scanned with it.
+    channels
+        Multi-sequence datasets: the channels; each selection gets the series of the others
+        (``iterseg.convert.channels``), or the case is a problem naming the series.
 
     Returns
     -------
@@ -444,10 +462,40 @@ def select_annotations(
         chosen, reason, dropped = picked
         excluded += dropped
         selected[uid] = Selection(images[uid], chosen, reason)
+    if len(channels) > 1:
+        selected = _with_channels(selected, {**(earlier_images or {}), **images}, channels, problems)
     for uid in {uid for p in problems for uid in p.series_uids}:
         selected.pop(uid, None)
-    _warn_unannotated(images, every, set(by_image) | ruled_out, modality)
+    used = {s.series_uid for sel in selected.values() for s in sel.channels}
+    _warn_unannotated(images, every, set(by_image) | ruled_out | used, modality)
     return selected, excluded, problems
+
+
+def _with_channels(
+    selected: dict[str, Selection],
+    images: dict[str, SeriesInfo],
+    channels: tuple[Channel, ...],
+    problems: list[CaseProblem],
+) -> dict[str, Selection]:
+    """Each selection with the series of its other channels: same patient and study, by description."""
+    out: dict[str, Selection] = {}
+    for uid, sel in selected.items():
+        study = [
+            s
+            for s in images.values()
+            if s.study_uid == sel.image.study_uid and s.patient_id == sel.image.patient_id
+        ]
+        try:
+            labels = assign_channels([s.label() for s in study], channels, uid)
+        except ChannelError as exc:
+            problems.append(
+                CaseProblem(sel.image.patient_id, str(sel.image.folder), f"{sel.image.folder}: {exc}", (uid,))
+            )
+            continue
+        out[uid] = Selection(
+            sel.image, sel.annotation, sel.reason, tuple(images[s.series_uid] for s in labels[1:])
+        )
+    return out
 
 
 def _warn_unannotated(

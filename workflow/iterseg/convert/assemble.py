@@ -135,6 +135,7 @@ def assemble_dataset(
     test_spec: HoldoutSpec | None = None,
     frozen_test_set: dict[str, Any] | None = None,
     previous: Assembled | None = None,
+    channel_names: tuple[str, ...] = (),
 ) -> Assembled:
     """Build the nnU-Net raw dataset of one iteration and return its record.
 
@@ -149,7 +150,7 @@ def assemble_dataset(
     roi_yaml
         Defines the labels of dataset.json.
     modality
-        Channel name (CT or MR).
+        The channel's name (CT or MR) of a single-channel dataset.
     missing_roi
         Policy for training cases lacking some ROI.
     test_spec
@@ -158,6 +159,8 @@ def assemble_dataset(
         Later iterations: the ``test_set`` of the first iteration's record, kept as it is.
     previous
         The previous iteration's record, to tell new, refined and unchanged annotations apart.
+    channel_names
+        Multi-sequence datasets: nnU-Net's channels, in order (each case's ``_000k`` files).
 
     Returns
     -------
@@ -189,7 +192,7 @@ def assemble_dataset(
         for cid, (folder, case) in sorted(chosen.items())
     ]
     train = _training_cases(records, raw_dataset, test_patients)
-    _write_dataset_json(raw_dataset, modality, labels, len(train), records)
+    _write_dataset_json(raw_dataset, channel_names or (modality,), labels, len(train), records)
     summary = _summary(records, read_cases(converted_dirs[-1]), missing_roi, raw_dataset)
     return Assembled(
         dataset_name=raw_dataset.name,
@@ -228,13 +231,18 @@ def _training_cases(
 
 
 def _write_dataset_json(
-    raw_dataset: Path, modality: str, labels: dict[str, int], training: int, records: list[dict[str, Any]]
+    raw_dataset: Path,
+    channels: tuple[str, ...],
+    labels: dict[str, int],
+    training: int,
+    records: list[dict[str, Any]],
 ) -> None:
     """nnU-Net's ``dataset.json`` of the raw dataset."""
     write_json(
         raw_dataset / "dataset.json",
         {
-            "channel_names": {"0": modality},
+            # nnU-Net normalises a channel named CT with the dataset's HU statistics, others by z-score
+            "channel_names": {str(k): name for k, name in enumerate(channels)},
             "labels": labels,
             "numTraining": training,
             "file_ending": ".nii.gz",
@@ -320,6 +328,10 @@ def _place_case(
     image_dst = placement.raw_dataset / f"images{kind}" / f"{cid}_0000.nii.gz"
     label_dst = placement.raw_dataset / f"labels{kind}" / f"{cid}.nii.gz"
     link_or_copy(folder / case.image, image_dst)
+    channels = [image_dst.with_name(f"{cid}_{ch['index']:04d}.nii.gz") for ch in case.extra_channels]
+    for channel, dst in zip(case.extra_channels, channels, strict=True):
+        link_or_copy(folder / channel["image"], dst)
+    record["raw_channels"] = [str(dst) for dst in channels]  # channels 1.., after raw_image
     if split == "train" and case.missing_rois and placement.use_ignore:
         record["ignored_voxels"] = _write_with_ignore(
             folder / case.label, label_dst, placement.labels[IGNORE_LABEL]

@@ -45,6 +45,9 @@ class PairJob:
     label_out: Path
     roi_labels: dict[str, list[str]]
     strategy: str
+    # multi-sequence cases: the series files of channels 1.. and where each goes
+    channel_files: tuple[tuple[Path, ...], ...] = ()
+    channel_outs: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -55,13 +58,15 @@ class PairResult:
     checks: list[RoiCheck] = field(default_factory=list)
     empty_labels: tuple[str, ...] = ()
     voxels: int = 0
+    channels: tuple[dict[str, Any], ...] = ()  # of channels 1..: how each reached the reference grid
     error: str = ""  # one line: file, cause, fix; set instead of the rest when the pair failed
 
 
-def _image_series(job: PairJob) -> tuple[ImageSeries, SliceGrid]:
-    headers = [read_dataset(f, stop_before_pixels=True) for f in job.image_files]
+def _image_series(job: PairJob, image_files: tuple[Path, ...] | None = None) -> tuple[ImageSeries, SliceGrid]:
+    image_files = image_files or job.image_files
+    headers = [read_dataset(f, stop_before_pixels=True) for f in image_files]
     try:
-        datasets, files = sort_by_position(headers, list(job.image_files))
+        datasets, files = sort_by_position(headers, list(image_files))
     except DicomReadError as exc:
         raise ConversionError(f"{exc} (image series of patient {job.patient_id})") from exc
     series = ImageSeries(str(datasets[0].SeriesInstanceUID), job.patient_id, tuple(files), tuple(datasets))
@@ -123,8 +128,28 @@ _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 def _discard(writer: Any, job: PairJob) -> None:
     writer.shutdown(wait=True)
-    for path in (job.image_out, job.label_out):
+    for path in (job.image_out, job.label_out, *job.channel_outs):
         path.unlink(missing_ok=True)
+
+
+def _write_channels(job: PairJob, reference: Any) -> tuple[dict[str, Any], ...]:
+    """Channels 1.. read with the reference's checks, on its grid, written; what was done to each."""
+    from iterseg.convert.channels import LOW_COVERAGE, onto_reference
+
+    done = []
+    for files, out in zip(job.channel_files, job.channel_outs, strict=True):
+        series, grid = _image_series(job, files)
+        image, record = onto_reference(read_image(series, grid), reference)
+        write_nifti(image, out)
+        if record["coverage"] < LOW_COVERAGE:
+            logger.warning(
+                "patient %s: series %s covers %.0f %% of the reference grid; the rest is its minimum",
+                job.patient_id,
+                series.series_uid,
+                100 * record["coverage"],
+            )
+        done.append(record)
+    return tuple(done)
 
 
 def convert_pair(job: PairJob) -> PairResult:
@@ -138,6 +163,7 @@ def convert_pair(job: PairJob) -> PairResult:
             series, grid = _image_series(job)
             image = read_image(series, grid)
             written = writer.submit(write_nifti, image, job.image_out)
+            channels = _write_channels(job, image)
             array, empty = _draw(job, grid)
             label = sitk.GetImageFromArray(array)
             label.CopyInformation(image)
@@ -175,4 +201,4 @@ def convert_pair(job: PairJob) -> PairResult:
                 "viewer, or report the case with its files so the converter can be fixed",
             )
     voxels = grid.rows * grid.cols * grid.slices
-    return PairResult(job.case_id, checks, empty, voxels)
+    return PairResult(job.case_id, checks, empty, voxels, channels)

@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import unicodedata
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from iterseg.convert.annotations import (
     present_labels,
     select_annotations,
 )
+from iterseg.convert.channels import Channel, channel_key
 from iterseg.convert.check import RTSTRUCT_TOLERANCE, RoiCheck
 from iterseg.convert.pair import PairJob, PairResult, convert_pair
 from iterseg.errors import ConversionError
@@ -91,6 +92,35 @@ class _Pending:
     key: str
 
 
+def channel_image(cid: str, index: int) -> str:
+    """Where a case's channel ``index`` lies in the converted folder (nnU-Net's ``_000k`` suffix)."""
+    return f"cases/{cid}_{index:04d}.nii.gz"
+
+
+def _channel_records(
+    pending: _Pending, names: tuple[str, ...], done: tuple[dict[str, Any], ...]
+) -> list[dict[str, Any]]:
+    """The ``extra_channels`` of a case: each channel's series, file and how it reached the grid."""
+    sel = pending.selection
+    cid = case_id(sel.image.patient_id, sel.image.series_uid)
+    return [
+        {
+            "channel": name,
+            "index": k,
+            "image": channel_image(cid, k),
+            "series_uid": series.series_uid,
+            "description": series.description,
+            "protocol": series.protocol,
+            "frame_of_reference": series.frame_of_reference,
+            "files": [str(f) for f in series.files],
+            "sop_uids": list(series.sop_uids),
+            "hash": content_hash(series.files),
+            **what,
+        }
+        for k, (name, series, what) in enumerate(zip(names, sel.channels, done, strict=True), start=1)
+    ]
+
+
 def _record(pending: _Pending, date: str, roi_labels: dict[str, list[str]], **extra: Any) -> ConvertedCase:
     image, ann = pending.selection.image, pending.selection.annotation
     cid = case_id(image.patient_id, image.series_uid)
@@ -115,6 +145,9 @@ def _record(pending: _Pending, date: str, roi_labels: dict[str, list[str]], **ex
         labels_present=list(pending.present),
         missing_rois=[label for label in roi_labels if label not in pending.present],
         key=pending.key,
+        image_description=image.description,
+        image_protocol=image.protocol,
+        frame_of_reference=image.frame_of_reference,
         **extra,
     )
 
@@ -130,19 +163,40 @@ def _earlier_index(
             if case.key:
                 by_key.setdefault(case.key, (folder, case))
             if case.image_files:
-                files = tuple(Path(f) for f in case.image_files)
-                images[case.image_series_uid] = SeriesInfo(
-                    series_uid=case.image_series_uid,
-                    study_uid=case.study_uid,
-                    modality="",
-                    patient_id=case.patient_id,
-                    folder=files[0].parent,
-                    referenced_series=None,
-                    files=files,
-                    sop_uids=tuple(case.image_sop_uids),
-                    series_datetime="",
+                images[case.image_series_uid] = _earlier_series(
+                    case,
+                    case.image_series_uid,
+                    case.image_files,
+                    case.image_sop_uids,
+                    (case.image_description, case.image_protocol, case.frame_of_reference),
                 )
+            for ch in case.extra_channels:
+                images[ch["series_uid"]] = _earlier_series(
+                    case, ch["series_uid"], ch["files"], ch["sop_uids"],
+                    (ch["description"], ch["protocol"], ch["frame_of_reference"]),
+                )  # fmt: skip
     return by_key, images
+
+
+def _earlier_series(
+    case: ConvertedCase, uid: str, files: list[str], sop_uids: list[str], labels: tuple[str, str, str]
+) -> SeriesInfo:
+    """An image series of an earlier conversion, as the snapshot scan would have found it."""
+    paths = tuple(Path(f) for f in files)
+    return SeriesInfo(
+        series_uid=uid,
+        study_uid=case.study_uid,
+        modality="",
+        patient_id=case.patient_id,
+        folder=paths[0].parent,
+        referenced_series=None,
+        files=paths,
+        sop_uids=tuple(sop_uids),
+        series_datetime="",
+        description=labels[0],
+        protocol=labels[1],
+        frame_of_reference=labels[2],
+    )
 
 
 def _jobs(
@@ -163,6 +217,11 @@ def _jobs(
                 label_out=_inside(out, out / "cases" / f"{cid}.nii.gz"),
                 roi_labels=roi_labels,
                 strategy=strategy,
+                channel_files=tuple(tuple(s.files) for s in pending.selection.channels),
+                channel_outs=tuple(
+                    _inside(out, out / channel_image(cid, k))
+                    for k in range(1, len(pending.selection.channels) + 1)
+                ),
             )
         )
     return jobs
@@ -199,6 +258,7 @@ def convert_snapshot(
     duplicates: DuplicateRule = DuplicateRule.ERROR,
     reuse_from: list[Path] | None = None,
     on_bad_case: BadCasePolicy = BadCasePolicy.SKIP,
+    channels: tuple[Channel, ...] = (),
 ) -> list[ConvertedCase]:
     """Convert every annotated case of a snapshot to NIfTI image/label pairs.
 
@@ -227,6 +287,10 @@ def convert_snapshot(
     on_bad_case
         skip: a case that cannot be converted is left out and listed in ``out/skipped.json``;
         fail: it stops the conversion.
+    channels
+        Multi-sequence datasets: the channels, the first the annotated reference series; the
+        others are found by description in the same study and frame of reference and resampled
+        onto its grid (``iterseg.convert.channels``). Empty: one channel, the annotated series.
 
     Returns
     -------
@@ -244,15 +308,22 @@ def convert_snapshot(
 
     """
     # 61-80 lines: the docstring is most of it; the body is the list of phases
+    from iterseg.convert.decathlon import convert_nifti_snapshot, is_nifti_snapshot  # it imports this module
+
+    if is_nifti_snapshot(snapshot):  # an nnU-Net / Decathlon folder of NIfTI files, not DICOM
+        names = tuple(c.name for c in channels)
+        return convert_nifti_snapshot(snapshot, out, roi_yaml, modality, names, reuse_from, on_bad_case)
     roi_labels = load_roi_yaml(roi_yaml)
     earlier, earlier_images = _earlier_index(reuse_from or [])
     selected, excluded, problems = _select(
-        snapshot, out, modality, allow_unrefined, duplicates, earlier_images
+        snapshot, out, modality, allow_unrefined, duplicates, earlier_images, channels
     )
     if out.exists():
         shutil.rmtree(out)
     (out / "cases").mkdir(parents=True)
-    settings = _Settings(snapshot.name.split("__")[0], roi_labels, roi_yaml, modality, mask_saving_strategy)
+    settings = _Settings(
+        snapshot.name.split("__")[0], roi_labels, roi_yaml, modality, mask_saving_strategy, channels
+    )
     pendings, reused, reused_checks = _reuse_unchanged(selected, earlier, settings, out, problems)
     write_record(out / EXCLUDED_FILE, ExcludedAnnotations(tuple(excluded)))
     logger.info(
@@ -289,12 +360,13 @@ def _select(
     allow_unrefined: bool,
     duplicates: DuplicateRule,
     earlier_images: dict[str, SeriesInfo],
+    channels: tuple[Channel, ...],
 ) -> tuple[dict[str, Selection], list[ExcludedAnnotation], list[CaseProblem]]:
     """Phase 0: unpack the snapshot's archives and choose its annotations (``select_annotations``)."""
     refused: list[tuple[Path, str]] = []
     unpacked = unpack_snapshot_archives(snapshot, out.parent / "unpacked", refused=refused)
     selected, excluded, problems = select_annotations(
-        snapshot, modality, allow_unrefined, duplicates, earlier_images, unpacked
+        snapshot, modality, allow_unrefined, duplicates, earlier_images, unpacked, channels
     )
     problems += [CaseProblem("", str(archive), message) for archive, message in refused]
     return selected, excluded, problems
@@ -309,6 +381,12 @@ class _Settings:
     roi_yaml: Path
     modality: str
     strategy: str  # the mask saving strategy
+    channels: tuple[Channel, ...] = ()
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        """The names of channels 1.. (the first is the annotated series)."""
+        return tuple(c.name for c in self.channels[1:])
 
 
 def _reuse_unchanged(
@@ -330,14 +408,7 @@ def _reuse_unchanged(
         if problem is not None:
             problems.append(problem)
             continue
-        image_hash, ann_hash = content_hash(sel.image.files), content_hash(sel.annotation.files)
-        pending = _Pending(
-            sel,
-            tuple(present_labels(sel.annotation, settings.roi_labels)),
-            image_hash,
-            ann_hash,
-            reuse_key(image_hash, ann_hash, settings.roi_yaml, settings.modality, settings.strategy),
-        )
+        pending = _pending(sel, settings)
         hit = earlier.get(pending.key)
         if hit is None:
             pendings.append(pending)
@@ -351,8 +422,11 @@ def _reuse_unchanged(
             reused_from=old.reused_from or old.snapshot,
             empty_labels=old.empty_labels,
         )
-        link_or_copy(folder / old.image, out / record.image)
-        link_or_copy(folder / old.label, out / record.label)
+        record = replace(record, extra_channels=old.extra_channels)
+        for src, dst in [(old.image, record.image), (old.label, record.label)] + [
+            (ch["image"], ch["image"]) for ch in old.extra_channels
+        ]:
+            link_or_copy(folder / src, out / dst)
         reused_checks += [
             {**row, "reused_from": record.reused_from}
             for row in read_record(folder / CHECK_FILE, ConversionCheck).rois
@@ -361,6 +435,20 @@ def _reuse_unchanged(
         reused.append(record)
         logger.info("patient %s: unchanged since %s, NIfTI reused", sel.image.patient_id, record.reused_from)
     return pendings, reused, reused_checks
+
+
+def _pending(sel: Selection, settings: _Settings) -> _Pending:
+    """A pair to convert or reuse: its hashes and reuse key (of every channel's series)."""
+    image_hash, ann_hash = content_hash(sel.image.files), content_hash(sel.annotation.files)
+    images = "+".join([image_hash, *(content_hash(s.files) for s in sel.channels)])
+    strategy = "|".join(filter(None, [settings.strategy, channel_key(settings.channels)]))
+    return _Pending(
+        sel,
+        tuple(present_labels(sel.annotation, settings.roi_labels)),
+        image_hash,
+        ann_hash,
+        reuse_key(images, ann_hash, settings.roi_yaml, settings.modality, strategy),
+    )
 
 
 def _convert_pending(
@@ -378,7 +466,13 @@ def _convert_pending(
     )
     results = _run_pairs(_jobs(pendings, out, settings.roi_labels, settings.strategy), jobs)
     new = [
-        _record(p, settings.date, settings.roi_labels, empty_labels=list(r.empty_labels))
+        _record(
+            p,
+            settings.date,
+            settings.roi_labels,
+            empty_labels=list(r.empty_labels),
+            extra_channels=_channel_records(p, settings.channel_names, r.channels),
+        )
         for p, r in zip(pendings, results, strict=True)
         if not r.error
     ]
@@ -465,8 +559,8 @@ def _mismatch_problems(
                 (series_uid,),
             )
         )
-        for suffix in ("_0000.nii.gz", ".nii.gz"):
-            (out / "cases" / f"{cid}{suffix}").unlink(missing_ok=True)
+        for written in (out / "cases").glob(f"{cid}*.nii.gz"):  # the label and every channel
+            written.unlink(missing_ok=True)
     return problems
 
 

@@ -39,6 +39,8 @@ class HoldoutCase:
     """NIfTI reference label map, values as in dataset.json's labels (may contain the ignore value)."""
     missing_rois: tuple[str, ...] = ()
     """Label names not annotated in this case; scored as nan."""
+    channels: tuple[Path, ...] = ()
+    """Multi-sequence cases: the NIfTI images of channels 0001.., on the image's grid."""
 
 
 def _read(path: Path, what: str, case_id: str) -> sitk.Image:
@@ -69,17 +71,22 @@ def _label_dtype(labels: Mapping[str, Any]) -> type[np.unsignedinteger[Any]]:
 
 
 def _predict(
-    predictor: Any, image: sitk.Image, dtype: type[np.unsignedinteger[Any]], out: Path
+    predictor: Any,
+    image: sitk.Image,
+    dtype: type[np.unsignedinteger[Any]],
+    out: Path,
+    channels: Sequence[sitk.Image] = (),
 ) -> np.ndarray:
-    """The ensemble's label map of ``image`` (z, y, x), also written to ``out`` on the image's grid."""
+    """The ensemble's label map of ``image`` (z, y, x), also written to ``out`` on the image's grid.
+
+    ``channels``: the images of channels 0001.. of a multi-sequence case, on the same grid.
+    """
     import SimpleITK as sitk
 
     # SimpleITK reports spacing as (x, y, z); arrays and nnU-Net's SimpleITKIO use (z, y, x).
     spacing_zyx = [abs(s) for s in image.GetSpacing()][::-1]
-    array = sitk.GetArrayFromImage(image)
-    seg = predictor.predict_single_npy_array(
-        array[None].astype(np.float32), {"spacing": spacing_zyx}, None, None, False
-    )
+    array = np.stack([sitk.GetArrayFromImage(i).astype(np.float32) for i in (image, *channels)])
+    seg = predictor.predict_single_npy_array(array, {"spacing": spacing_zyx}, None, None, False)
     seg = np.asarray(seg, dtype=dtype)
     seg_image = sitk.GetImageFromArray(seg)
     seg_image.CopyInformation(image)
@@ -120,7 +127,10 @@ def _score(
             f"test case {case.case_id}: image {case.image} is {image.GetDimension()}-D; "
             "only 3-D test images are supported."
         )
-    seg = _predict(predictor, image, _label_dtype(labels), predictions_dir / f"{case.case_id}.nii.gz")
+    channels = [_read(path, "image", case.case_id) for path in case.channels]
+    seg = _predict(
+        predictor, image, _label_dtype(labels), predictions_dir / f"{case.case_id}.nii.gz", channels
+    )
     reference = _reference(case, image, seg.shape)
     ignore_value = labels.get("ignore")
     if ignore_value is not None:
@@ -236,6 +246,7 @@ def holdout_cases(assembled: records.Assembled) -> list[HoldoutCase]:
             Path(r["raw_image"]),
             Path(r["raw_label"]),
             tuple(r["missing_rois"]),
+            tuple(Path(p) for p in r.get("raw_channels", [])),
         )
         for r in assembled.records
         if r["split"] == "test"

@@ -23,6 +23,7 @@ import numpy as np
 from pydicom.errors import InvalidDicomError
 
 from iterseg.convert.assemble import IGNORE_LABEL
+from iterseg.convert.channels import Channel
 from iterseg.dicom.codes import Terminology
 from iterseg.dicom.geometry import Grid, series_grid
 from iterseg.dicom.seg_options import DEFAULT_SEG_OPTIONS, SegOptions
@@ -184,7 +185,45 @@ def _read_case(
             f"{case.source}: inbox case {case.case_id} is a {array.ndim}D image; only 3D images are "
             "predicted. Replace it with the 3D volume, or move it out of the inbox.",
         )
+    if case.channels:
+        array = np.stack([array, *_channel_arrays(case, array, geometry)])
     return array, geometry, grid
+
+
+def _channel_arrays(
+    case: InboxCase, reference_array: np.ndarray, geometry: dict[str, tuple[float, ...]]
+) -> list[np.ndarray]:
+    """Channels 1.. of a multi-sequence case on the reference grid, as conversion resamples them."""
+    import SimpleITK as sitk
+
+    from iterseg.convert.channels import onto_reference
+
+    reference = _with_geometry(sitk.GetImageFromArray(reference_array), geometry)
+    arrays = []
+    for series in case.channels:
+        try:
+            series_grid(series)  # the reference's checks: a missing slice is not interpolated over
+            values, own = read_volume(series)
+        except GeometryError as exc:
+            raise _BadCase(
+                case.folder, f"inbox case {case.case_id}, series {series.series_uid}: {exc}"
+            ) from exc
+        except (RuntimeError, InvalidDicomError) as exc:
+            raise _BadCase(
+                series.files[0],
+                f"{series.files[0].parent}: series {series.series_uid} of inbox case {case.case_id} cannot "
+                f"be read ({_cause(exc)}); re-export it, or move the case out of the inbox.",
+            ) from exc
+        resampled, _ = onto_reference(_with_geometry(sitk.GetImageFromArray(values), own), reference)
+        arrays.append(sitk.GetArrayFromImage(resampled).astype(np.float32))
+    return arrays
+
+
+def _with_geometry(image: Any, geometry: dict[str, tuple[float, ...]]) -> Any:
+    image.SetSpacing(geometry["spacing"])
+    image.SetOrigin(geometry["origin"])
+    image.SetDirection(geometry["direction"])
+    return image
 
 
 def _export(
@@ -228,14 +267,11 @@ def _predict_case(model: _Model, case: InboxCase, modality: str, staging: Path) 
 
     array, geometry, grid = _read_case(case, modality)
     props = {"spacing": list(geometry["spacing"])[::-1]}
-    volume = array[None].astype(np.float32)
+    volume = (array if array.ndim == 4 else array[None]).astype(np.float32)  # channels first
     predicted = model.predict(volume, props)
     seg, probabilities = predicted.segmentation.astype(np.uint8), predicted.probabilities
     fold_segs = list(predicted.fold_segmentations)
-    image = sitk.GetImageFromArray(seg)
-    image.SetSpacing(geometry["spacing"])
-    image.SetOrigin(geometry["origin"])
-    image.SetDirection(geometry["direction"])
+    image = _with_geometry(sitk.GetImageFromArray(seg), geometry)
     label_rel, seg_rel = _export(model, case, image, grid, staging)
     counts = {name: int((seg == value).sum()) for name, value in model.labels.items() if value > 0}
     voxel_ml = float(np.prod(geometry["spacing"])) / 1000.0
@@ -307,6 +343,7 @@ def predict_inbox(
     inference: Inference = DEFAULT_INFERENCE,
     *,
     staging_root: Path | None = None,
+    channels: tuple[Channel, ...] = (),
 ) -> InboxPrediction:
     """Predict all inbox cases with the ensemble of ``folds``; publish NIfTI labels + DICOM-SEGs.
 
@@ -342,6 +379,10 @@ def predict_inbox(
     staging_root
         Where to stage instead of ``work`` (``<staging_root>/predictions.partial``): the analyzer
         stages in its temporary folder, so that nothing is written into the model's folder.
+    channels
+        Multi-sequence datasets: the channels the model was trained on; each inbox case's series
+        are assigned to them as in conversion, channels 1.. resampled onto the reference series,
+        which the SEG refers to.
 
     Raises
     ------
@@ -351,7 +392,7 @@ def predict_inbox(
 
     """
     # long only for its parameter docs: the body is three phases (scan, predict, check and publish)
-    scan: InboxScan = scan_inbox(inbox, modality)
+    scan: InboxScan = scan_inbox(inbox, modality, channels)
     staging = _fresh_staging(work if staging_root is None else staging_root, out)
 
     def load() -> _Model:

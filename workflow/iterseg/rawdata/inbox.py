@@ -15,7 +15,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from iterseg.dicom.series import ImageSeries, find_image_series
+from iterseg.convert.channels import Channel, ChannelError, SeriesLabel, assign_channels
+from iterseg.dicom.series import ImageSeries, find_image_series, header_text
 from iterseg.errors import DicomReadError, PredictionError
 from iterseg.skipped import SkippedCase, Stage
 
@@ -33,6 +34,7 @@ class InboxCase:
     folder: Path
     series: ImageSeries | None = None
     nifti: Path | None = None
+    channels: tuple[ImageSeries, ...] = ()  # multi-sequence cases: the series of channels 1..
 
     @property
     def source(self) -> Path:
@@ -57,6 +59,7 @@ class _Candidate:
     folder: Path
     series: ImageSeries | None = None
     nifti: Path | None = None
+    channels: tuple[ImageSeries, ...] = ()
 
 
 class _UnusableFolder(Exception):  # noqa: N818 - internal signal, never leaves this module
@@ -83,7 +86,48 @@ def _nifti_files(folder: Path) -> list[Path]:
     )
 
 
-def _folder_candidates(folder: Path, modality: str) -> list[_Candidate]:
+def _label(series: ImageSeries) -> SeriesLabel:
+    ds = series.datasets[0]
+    return SeriesLabel(
+        series.series_uid,
+        header_text(ds, "SeriesDescription"),
+        header_text(ds, "ProtocolName"),
+        str(getattr(ds, "FrameOfReferenceUID", "")),
+        str(series.files[0].parent),
+    )
+
+
+def _study_candidates(
+    folder: Path, series: list[ImageSeries], channels: tuple[Channel, ...]
+) -> list[_Candidate]:
+    """Multi-sequence datasets: one case per study of the folder, its series assigned to the channels."""
+    studies: dict[str, list[ImageSeries]] = {}
+    for s in series:
+        studies.setdefault(str(getattr(s.datasets[0], "StudyInstanceUID", "")), []).append(s)
+    base = _sanitise(folder.name)
+    found = []
+    for study, members in sorted(studies.items()):
+        try:
+            chosen = assign_channels([_label(s) for s in members], channels)
+        except ChannelError as exc:
+            raise _UnusableFolder(folder, f"{folder}: {exc}") from exc
+        by_uid = {s.series_uid: s for s in members}
+        ref, *others = (by_uid[c.series_uid] for c in chosen)
+        one = len(studies) == 1
+        found.append(
+            _Candidate(
+                base if one else f"{base}_{_short_hash(study)}",
+                one and base == folder.name,
+                folder.name if one else f"{folder.name}/{study}",
+                folder,
+                series=ref,
+                channels=tuple(others),
+            )
+        )
+    return found
+
+
+def _folder_candidates(folder: Path, modality: str, channels: tuple[Channel, ...] = ()) -> list[_Candidate]:
     """The cases of one folder: one per series, else one per NIfTI file (none: an empty list).
 
     Raises
@@ -107,6 +151,17 @@ def _folder_candidates(folder: Path, modality: str) -> list[_Candidate]:
             f"{path}: not a usable DICOM file ({reason}){others}. Re-export the complete series from "
             "the PACS or scanner into that folder, or move the folder out of the inbox.",
         )
+    if len(channels) > 1:
+        if series:
+            return _study_candidates(folder, series, channels)
+        if _nifti_files(folder):
+            raise _UnusableFolder(
+                folder,
+                f"{folder}: NIfTI files, but the dataset's cases have {len(channels)} channels "
+                f"({', '.join(c.name for c in channels)}), which only DICOM series name; put the case's "
+                "DICOM series there, or move the folder out of the inbox.",
+            )
+        return []
     if len(series) == 1:
         return [_Candidate(base, exact, folder.name, folder, series=series[0])]
     if series:
@@ -158,19 +213,21 @@ def _assign_ids(candidates: list[_Candidate], inbox: Path) -> list[InboxCase]:
                 "would overwrite each other; rename one of those folders (or files)."
             )
     return [
-        InboxCase(case_id, c.folder, series=c.series, nifti=c.nifti)
+        InboxCase(case_id, c.folder, series=c.series, nifti=c.nifti, channels=c.channels)
         for c, case_id in zip(candidates, ids, strict=True)
     ]
 
 
-def scan_inbox(inbox: Path, modality: str) -> InboxScan:
+def scan_inbox(inbox: Path, modality: str, channels: tuple[Channel, ...] = ()) -> InboxScan:
     """Every case of ``inbox`` with a unique id, and the folders that hold nothing to predict.
 
     A folder with one ``modality`` series gives case ``<folder>``; with several,
     ``<folder>_S<SeriesNumber>``. A folder without such a series but with NIfTI files gives
     one case per file (``<folder>``, or ``<folder>_<file stem>`` for several): they get a NIfTI
     prediction only. Ids that are not the folder's (or file's) own name, or that two cases
-    would share, get ``_<hash>`` of the original names appended.
+    would share, get ``_<hash>`` of the original names appended. Multi-sequence datasets
+    (``channels``): one case per study, its series assigned to the channels, the reference
+    series' case; a folder whose series cannot be assigned exactly is unusable, named.
 
     Raises
     ------
@@ -186,7 +243,7 @@ def scan_inbox(inbox: Path, modality: str) -> InboxScan:
     unusable: list[SkippedCase] = []
     for folder in folders:
         try:
-            found = _folder_candidates(folder, modality)
+            found = _folder_candidates(folder, modality, channels)
         except _UnusableFolder as exc:
             logger.debug("%s", folder, exc_info=True)
             unusable.append(_unusable(folder, inbox, modality, exc.message, exc.file))
@@ -204,6 +261,6 @@ def scan_inbox(inbox: Path, modality: str) -> InboxScan:
     return InboxScan(tuple(_assign_ids(candidates, inbox)), tuple(unusable), len(folders))
 
 
-def discover_inbox(inbox: Path, modality: str) -> list[InboxCase]:
+def discover_inbox(inbox: Path, modality: str, channels: tuple[Channel, ...] = ()) -> list[InboxCase]:
     """The cases of ``inbox`` to predict (see :func:`scan_inbox`); folders without one are left out."""
-    return list(scan_inbox(inbox, modality).cases)
+    return list(scan_inbox(inbox, modality, channels).cases)

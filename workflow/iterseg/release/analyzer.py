@@ -201,7 +201,7 @@ def predict_cases(
                 work=model.work, plan_record=model.plan_record, trainer=model.trainer, folds=model.folds,
                 device=device, inbox=inbox, modality=model.modality, out=root / "out",
                 description=model.description, roi_yaml=model.roi_yaml, on_bad_case=BadCasePolicy.SKIP,
-                staging_root=root,
+                staging_root=root, channels=model.channels,
             )  # fmt: skip
     except PredictionError as exc:  # with skip: no case could be predicted (it lists each)
         return None, {PREDICTION: readable(str(exc), places, inbox)}

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from iterseg.convert.channels import Channel, parse_channels
 from iterseg.errors import ModelArchiveError
 from iterseg.nnunet.ensemble import CHECKPOINT_NAME
 from iterseg.paths import PROCDATA, RESULTS_ROOT, fold_dir_name, iteration_dir, model_dir
@@ -48,6 +49,7 @@ class InstalledModel:
     description: str  # SeriesDescription of its SEGs, as the workflow names an iteration's
     modality: str
     card: ModelCard | None = None  # None for a promoted iteration's model (resolve_model): no card there
+    channels: tuple[Channel, ...] = ()  # of a multi-sequence model, as its dataset's config named them
 
 
 def model_files(folder: Path, card: ModelCard) -> list[Path]:
@@ -101,6 +103,7 @@ def load_installed_model(path: Path) -> InstalledModel:
         description=f"iterseg {card.dataset} {card.iteration}",
         modality=card.modality,
         card=card,
+        channels=parse_channels(card.channels, f"{card_file}: channels"),
     )
 
 
@@ -171,6 +174,9 @@ def _promoted_iteration(path: Path) -> InstalledModel:
         roi_yaml=_recorded_roi_yaml(manifest, manifest_path, project),
         description=f"iterseg {dataset} {manifest.iteration}",  # as the workflow names its SEGs
         modality=str(settings.get("modality", "CT")),
+        channels=parse_channels(
+            settings.get("channels"), f"{manifest_path}: config datasets.{dataset}.channels"
+        ),
     )
 
 

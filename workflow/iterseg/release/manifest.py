@@ -99,7 +99,14 @@ def manifest_case(record: Mapping[str, Any]) -> dict[str, Any]:
             "sop_uids": r["image_sop_uids"],
             "files": r["image_files"],
             "content_sha256": r["image_hash"],
+            "description": r.get("image_description", ""),
+            "frame_of_reference": r.get("frame_of_reference", ""),
         },
+        # multi-sequence cases: the series of channels 1.., and how each reached the image's grid
+        "channels": [
+            {**{k: v for k, v in ch.items() if k not in ("image", "hash")}, "content_sha256": ch["hash"]}
+            for ch in r.get("extra_channels", [])
+        ],
         "annotation": {
             "kind": r["annotation_kind"],
             "series_uid": r["annotation_series_uid"],

@@ -90,6 +90,10 @@ def build_model_card(
         roi_yaml_sha256=roi_yaml_sha256,
         plan_record=plan,
         exported=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        channels={
+            str(k): list(v)
+            for k, v in config.get("datasets", {}).get(dataset, {}).get("channels", {}).items()
+        },
     )
 
 

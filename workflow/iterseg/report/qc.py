@@ -19,6 +19,7 @@ from iterseg.records import Assembled, Predictions, read_record
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
+    from iterseg.convert.channels import Channel
     from iterseg.rawdata.inbox import InboxCase
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ def _inbox_montages(
     colours: Mapping[str, tuple[int, int, int]],
     modality: str,
     out: Path,
+    channels: tuple[Channel, ...] = (),
 ) -> list[Path]:
     """``inbox_<case>.png`` for every prediction of ``predictions.json`` whose case is still in the inbox."""
     import SimpleITK as sitk
@@ -55,7 +57,7 @@ def _inbox_montages(
     from iterseg.report.montage import qc_montage
 
     written = []
-    cases = {c.case_id: c for c in discover_inbox(inbox, modality)} if inbox.is_dir() else {}
+    cases = {c.case_id: c for c in discover_inbox(inbox, modality, channels)} if inbox.is_dir() else {}
     for entry in read_record(results / "predictions.json", Predictions).predictions:
         case = cases.get(entry.case_id)
         if case is None:
@@ -109,6 +111,7 @@ def qc_iteration(
     roi_yaml: Path,
     modality: str,
     out: Path,
+    channels: tuple[Channel, ...] = (),
 ) -> list[Path]:
     """QC montages of one iteration: every inbox prediction, and every test case against its reference.
 
@@ -126,6 +129,9 @@ def qc_iteration(
         CT or MR (the grey window).
     out
         Folder receiving ``inbox_<case>.png`` and ``test_<case>.png``.
+    channels
+        Multi-sequence datasets: the channels, so inbox cases are found as prediction found them
+        (the pictures show the reference channel).
 
     Returns
     -------
@@ -140,7 +146,7 @@ def qc_iteration(
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    written = _inbox_montages(results, inbox, labels, colours, modality, out)
+    written = _inbox_montages(results, inbox, labels, colours, modality, out, channels)
     written += _test_montages(results, assembled, labels, modality, out)
     logger.info("%d QC picture(s) in %s", len(written), out)
     return written
