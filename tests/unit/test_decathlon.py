@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from conftest import REPO, tree_digest
 from iterseg.convert import decathlon
 from iterseg.convert.decathlon import UNLABELLED_FILE, convert_nifti_snapshot, is_nifti_snapshot
-from iterseg.convert.snapshot import _earlier_index, case_id, convert_snapshot, read_cases
+from iterseg.convert.snapshot import case_id, convert_snapshot, earlier_index, read_cases
 from iterseg.errors import ConversionError
 from iterseg.skipped import BadCasePolicy, read_skipped
 
@@ -262,7 +262,7 @@ def test_more_channels_follow_the_configured_order(tmp_path: Path, roi: Path) ->
     assert extra["image"] == f"cases/{case.case_id}_0001.nii.gz"
     assert extra["files"] == [str(snap / "imagesTr/P001_0001.nii.gz")]
     assert np.array_equal(array(out / extra["image"]), phantom(0)[0] + 10)
-    _, images = _earlier_index([out])  # what a later DICOM snapshot's conversion reads of this one
+    _, images = earlier_index([out])  # what a later DICOM snapshot's conversion reads of this one
     assert images[extra["series_uid"]].files == (snap / "imagesTr/P001_0001.nii.gz",)
     with pytest.raises(ConversionError, match=r"channels \['T1', 'T2'\] differ from the dataset's channels"):
         convert(snap, roi, tmp_path / "b", channel_names=("T2", "T1"))

@@ -187,3 +187,12 @@ def test_a_copy_of_the_nifti_snapshot_is_reused_not_converted(nifti_run: dict[st
         assert "7 case(s): 0 converted, 7 reused unchanged" in log
     finally:
         shutil.rmtree(raw / f"{THIRD}__demo")
+
+
+def test_one_qc_picture_per_test_case_when_a_patient_has_two(nifti_run: dict[str, Any]) -> None:
+    project = nifti_run["project"]
+    tests = [r for r in assembled(project, SECOND)["records"] if r["split"] == "test"]
+    p004 = sorted(r["case_id"] for r in tests if r["patient_id"] == "P004")
+    assert len(p004) == 2  # the NIfTI case, and the DICOM one of its refined annotation
+    pictures = sorted(p.name for p in (project / f"data/results/demo/{SECOND}/qc").glob("test_*.png"))
+    assert pictures == sorted(["test_P003.png", *(f"test_{cid}.png" for cid in p004)])

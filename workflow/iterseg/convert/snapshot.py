@@ -67,7 +67,7 @@ def case_id(patient_id: str, image_series_uid: str) -> str:
     return f"{safe}_{hashlib.sha1(image_series_uid.encode()).hexdigest()[:8]}"
 
 
-def _inside(root: Path, path: Path) -> Path:
+def inside(root: Path, path: Path) -> Path:
     """``path``, after making sure it resolves inside ``root`` (no header value may lead elsewhere)."""
     if not path.resolve().is_relative_to(root.resolve()):
         raise ConversionError(f"{path}: would be written outside {root}; report this as an iterseg bug.")
@@ -152,7 +152,7 @@ def _record(pending: _Pending, date: str, roi_labels: dict[str, list[str]], **ex
     )
 
 
-def _earlier_index(
+def earlier_index(
     reuse_from: list[Path],
 ) -> tuple[dict[str, tuple[Path, ConvertedCase]], dict[str, SeriesInfo]]:
     """Converted pairs of earlier snapshots by reuse key, and their image series by UID."""
@@ -213,13 +213,13 @@ def _jobs(
                 image_files=tuple(image.files),
                 annotation_kind=ann.modality,
                 annotation_files=tuple(ann.files),
-                image_out=_inside(out, out / "cases" / f"{cid}_0000.nii.gz"),
-                label_out=_inside(out, out / "cases" / f"{cid}.nii.gz"),
+                image_out=inside(out, out / "cases" / f"{cid}_0000.nii.gz"),
+                label_out=inside(out, out / "cases" / f"{cid}.nii.gz"),
                 roi_labels=roi_labels,
                 strategy=strategy,
                 channel_files=tuple(tuple(s.files) for s in pending.selection.channels),
                 channel_outs=tuple(
-                    _inside(out, out / channel_image(cid, k))
+                    inside(out, out / channel_image(cid, k))
                     for k in range(1, len(pending.selection.channels) + 1)
                 ),
             )
@@ -314,7 +314,7 @@ def convert_snapshot(
         names = tuple(c.name for c in channels)
         return convert_nifti_snapshot(snapshot, out, roi_yaml, modality, names, reuse_from, on_bad_case)
     roi_labels = load_roi_yaml(roi_yaml)
-    earlier, earlier_images = _earlier_index(reuse_from or [])
+    earlier, earlier_images = earlier_index(reuse_from or [])
     selected, excluded, problems = _select(
         snapshot, out, modality, allow_unrefined, duplicates, earlier_images, channels
     )
@@ -331,15 +331,16 @@ def convert_snapshot(
     )
     new = _convert_pending(snapshot, out, pendings, settings, jobs, reused_checks, problems)
     converted = sorted(reused + new, key=lambda c: c.case_id)
-    _settle_problems(snapshot, out, problems, converted, on_bad_case)
+    settle_problems(snapshot, out, problems, converted, on_bad_case)
     # last before cases.json: a run stopped in between leaves no cases.json, so it converts again
     record_snapshot(snapshot, out / SNAPSHOT_RECORD)
     write_record(out / CASES_FILE, ConvertedCases(tuple(converted)))
-    _log_outcome(snapshot, converted, len(new), len(problems))
+    log_outcome(snapshot, converted, len(new), len(problems))
     return converted
 
 
-def _log_outcome(snapshot: Path, converted: list[ConvertedCase], new: int, skipped: int) -> None:
+def log_outcome(snapshot: Path, converted: list[ConvertedCase], new: int, skipped: int) -> None:
+    """Log how many cases were converted, reused and skipped, and which lack some ROI."""
     partial = [c for c in converted if c.missing_rois]
     logger.info(
         "%s: %d case(s): %d converted, %d reused unchanged, %d skipped; %d lack some ROI (%s)",
@@ -488,7 +489,7 @@ def _convert_pending(
     ]
     mismatched = report_check(snapshot, out, [r for r in results if not r.error], reused_checks)
     annotation_of = {c.case_id: (c.annotation_files[0], c.image_series_uid) for c in new}
-    problems += _mismatch_problems(mismatched, annotation_of, out)
+    problems += mismatch_problems(mismatched, annotation_of, out)
     dropped = {c.case_id for c in mismatched}
     return [c for c in new if c.case_id not in dropped]
 
@@ -536,7 +537,7 @@ def _pair_problem(sel: Selection, roi_labels: dict[str, list[str]], roi_yaml: Pa
     return None
 
 
-def _mismatch_problems(
+def mismatch_problems(
     mismatched: list[RoiCheck], annotation_of: dict[str, tuple[str, str]], out: Path
 ) -> list[CaseProblem]:
     """The cases whose written label map differs from their annotation: our fault, never trained on."""
@@ -575,7 +576,7 @@ def _skipped_cases(snapshot: Path, problems: list[CaseProblem]) -> list[SkippedC
     return skipped
 
 
-def _settle_problems(
+def settle_problems(
     snapshot: Path,
     out: Path,
     problems: list[CaseProblem],

@@ -8,7 +8,9 @@ predictions in the report: ``inbox_<case>.png`` outlines the prediction of an in
 from __future__ import annotations
 
 import logging
+import re
 import shutil
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -80,22 +82,30 @@ def _inbox_montages(
 def _test_montages(
     results: Path, assembled: Assembled, labels: Mapping[str, int], modality: str, out: Path
 ) -> list[Path]:
-    """``test_<patient>.png`` for every test case with a prediction: the prediction against the reference."""
+    """``test_<patient>.png`` for every test case with a prediction: the prediction against the reference.
+
+    A patient with several test cases (e.g. a NIfTI and a DICOM snapshot's) gets one picture per
+    case, ``test_<case>.png``; a PatientID that is no safe file name, the case's name too.
+    """
     import SimpleITK as sitk
 
     from iterseg.report.montage import qc_montage
 
     written = []
-    for record in assembled.records:
+    tests = [r for r in assembled.records if r["split"] == "test"]
+    per_patient = Counter(r["patient_id"] for r in tests)
+    for record in tests:
         predicted = results / "test_predictions" / f"{record['case_id']}.nii.gz"
-        if record["split"] != "test" or not predicted.is_file():
+        if not predicted.is_file():
             continue
+        patient = str(record["patient_id"])
+        plain = per_patient[patient] == 1 and re.fullmatch(r"[A-Za-z0-9_-]+", patient)
         written.append(
             qc_montage(
                 sitk.ReadImage(record["raw_image"]),
                 labels,
                 sitk.ReadImage(str(predicted)),
-                out / f"test_{record['patient_id']}.png",
+                out / f"test_{patient if plain else record['case_id']}.png",
                 reference=sitk.ReadImage(record["raw_label"]),
                 title=f"{record['patient_id']} (test set): iteration {results.name} vs reference",
                 modality=modality,
