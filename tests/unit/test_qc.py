@@ -175,3 +175,37 @@ def test_window() -> None:
     assert window(array, "PET") == pytest.approx((10.0, 990.0))
     low, high = window(np.full((4, 4), 7.0), "MR")  # constant image: still a usable window
     assert low < 7.0 < high
+
+
+def test_test_pictures_are_named_by_patient_unless_that_would_clash(
+    case: tuple[sitk.Image, np.ndarray], tmp_path: Path
+) -> None:
+    """Two test cases of one patient (two series), or a PatientID no file may be named: by case id."""
+    from iterseg.records import Assembled
+    from iterseg.report.qc import qc_iteration
+
+    image, labels = case
+    (tmp_path / "results/test_predictions").mkdir(parents=True)
+    records = []
+    for cid, patient in (("P1_aaaa", "P1"), ("P2_bbbb", "P2"), ("P2_cccc", "P2"), ("P-3_dddd", "P/3")):
+        sitk.WriteImage(image, str(tmp_path / f"{cid}_0000.nii.gz"))
+        sitk.WriteImage(volume(labels, image), str(tmp_path / f"{cid}.nii.gz"))
+        sitk.WriteImage(volume(labels, image), str(tmp_path / f"results/test_predictions/{cid}.nii.gz"))
+        records.append(
+            {
+                "case_id": cid,
+                "patient_id": patient,
+                "split": "test",
+                "raw_image": str(tmp_path / f"{cid}_0000.nii.gz"),
+                "raw_label": str(tmp_path / f"{cid}.nii.gz"),
+            }
+        )
+    assembled = Assembled(
+        "D", "", (), {"background": 0, "liver": 1, "tumour": 2}, (), (), {}, {}, tuple(records)
+    )
+    (tmp_path / "results/predictions.json").write_text("[]")
+    roi = Path(__file__).resolve().parents[2] / "config/roi_demo.yaml"
+    written = qc_iteration(tmp_path / "results", tmp_path / "inbox", assembled, roi, "CT", tmp_path / "qc")
+    assert sorted(p.name for p in written) == [
+        "test_P-3_dddd.png", "test_P1.png", "test_P2_bbbb.png", "test_P2_cccc.png",
+    ]  # fmt: skip

@@ -101,10 +101,16 @@ def test_the_second_iteration_trains_on_cases_of_both_snapshots(nifti_run: dict[
     record = assembled(project, SECOND)
     train = [r for r in record["records"] if r["split"] == "train"]
     by_snapshot = {d: sorted(r["patient_id"] for r in train if r["snapshot"] == d) for d in (FIRST, SECOND)}
-    assert by_snapshot[FIRST] == ["P001", "P002", "P005", "P006", "P007"]
+    # the refined DICOM annotations of P001 and P002 replace their NIfTI cases: the same voxels
+    assert by_snapshot[FIRST] == ["P005", "P006", "P007"]
     assert by_snapshot[SECOND] == ["P001", "P002", "P008", "P009", "P010", "P011", "P103"]
     assert {r["annotation_kind"] for r in train if r["snapshot"] == FIRST} == {"NIFTI"}
-    # a NIfTI case has no series UID to share with the refined DICOM annotation: both are cases
+    first_ids = {r["patient_id"]: r["case_id"] for r in assembled(project, FIRST)["records"]}
+    for patient in ("P001", "P002"):
+        (refined,) = [r for r in train if r["patient_id"] == patient]
+        (twin,) = [s for s in refined["superseded"] if "same_image_as" in s]
+        assert (twin["same_image_as"], twin["annotation_kind"]) == (first_ids[patient], "NIFTI")
+        assert refined["change"] == "refined"
     assert record["cases"] == sorted(r["case_id"] for r in train)
     manifest = json.loads((project / f"data/results/demo/{SECOND}/manifest.json").read_text())
     kinds = {(c["annotation"]["kind"], c["split"]) for c in manifest["cases"]}
@@ -126,9 +132,12 @@ def test_the_test_set_of_the_first_iteration_stays_out_of_training(nifti_run: di
         splits = json.loads((pre / "splits_final.json").read_text())
         in_splits = {c for split in splits for c in split["train"] + split["val"]}
         assert in_splits == set(record["cases"]) and not in_splits & test_ids
-    second = {r["case_id"] for r in assembled(project, SECOND)["records"] if r["split"] == "test"}
-    first = {r["case_id"] for r in assembled(project, FIRST)["records"] if r["split"] == "test"}
-    assert first < second  # the NIfTI P003, P004, then also P004's DICOM annotation
+    second = {r["patient_id"]: r for r in assembled(project, SECOND)["records"] if r["split"] == "test"}
+    first = {r["patient_id"]: r for r in assembled(project, FIRST)["records"] if r["split"] == "test"}
+    assert first["P003"]["case_id"] == second["P003"]["case_id"]  # the NIfTI P003 throughout
+    # P004's refined DICOM annotation replaces its NIfTI case in the test set
+    assert second["P004"]["annotation_kind"] == "SEG" and first["P004"]["annotation_kind"] == "NIFTI"
+    assert [s["same_image_as"] for s in second["P004"]["superseded"]] == [first["P004"]["case_id"]]
 
 
 def test_raw_dataset_labels_follow_the_roi_yaml(nifti_run: dict[str, Any]) -> None:
@@ -189,10 +198,8 @@ def test_a_copy_of_the_nifti_snapshot_is_reused_not_converted(nifti_run: dict[st
         shutil.rmtree(raw / f"{THIRD}__demo")
 
 
-def test_one_qc_picture_per_test_case_when_a_patient_has_two(nifti_run: dict[str, Any]) -> None:
+def test_one_qc_picture_per_test_case(nifti_run: dict[str, Any]) -> None:
     project = nifti_run["project"]
-    tests = [r for r in assembled(project, SECOND)["records"] if r["split"] == "test"]
-    p004 = sorted(r["case_id"] for r in tests if r["patient_id"] == "P004")
-    assert len(p004) == 2  # the NIfTI case, and the DICOM one of its refined annotation
-    pictures = sorted(p.name for p in (project / f"data/results/demo/{SECOND}/qc").glob("test_*.png"))
-    assert pictures == sorted(["test_P003.png", *(f"test_{cid}.png" for cid in p004)])
+    for date in (FIRST, SECOND):
+        pictures = sorted(p.name for p in (project / f"data/results/demo/{date}/qc").glob("test_*.png"))
+        assert pictures == ["test_P003.png", "test_P004.png"]

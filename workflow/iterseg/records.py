@@ -228,6 +228,7 @@ class ConvertedCase(FieldsRecord):
     image_description: str = ""
     image_protocol: str = ""
     frame_of_reference: str = ""
+    voxel_hash: str = ""  # of the written image's voxels and grid: the same image from another source
 
 
 @dataclass(frozen=True)

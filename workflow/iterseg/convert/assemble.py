@@ -86,43 +86,77 @@ def _write_with_ignore(src: Path, dst: Path, ignore_value: int) -> int:
     return int(background.sum())
 
 
+def _superseded(old: ConvertedCase, same: bool, twin: str | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "snapshot": old.snapshot,
+        "annotation_kind": old.annotation_kind,
+        "annotation_series_uid": old.annotation_series_uid,
+        "annotation_hash": old.annotation_hash,
+        "same_content": same,
+    }
+    if twin is not None:  # the same image under another case id (a NIfTI export of a DICOM series)
+        entry.update(same_image_as=twin, patient_id=old.patient_id)
+    return entry
+
+
 def _choose(
     converted_dirs: list[Path],
 ) -> tuple[dict[str, tuple[Path, ConvertedCase]], dict[str, list[dict[str, Any]]]]:
-    """Newest annotation per image series, and what each superseded."""
+    """Newest annotation per image, and what each superseded.
+
+    An image is a case id (its series), or, across sources, its voxels
+    (:mod:`iterseg.convert.image_identity`): a DICOM annotation of an image first seen in a
+    NIfTI snapshot replaces the NIfTI case, and inherits its history.
+    """
     chosen: dict[str, tuple[Path, ConvertedCase]] = {}
     superseded: dict[str, list[dict[str, Any]]] = {}
+    by_image: dict[str, str] = {}  # voxel hash -> the case id chosen for that image
     for folder in converted_dirs:
         for case in read_cases(folder):
-            if case.case_id in chosen:
-                old = chosen[case.case_id][1]
+            cid = case.case_id
+            twin = by_image.get(case.voxel_hash) if case.voxel_hash else None
+            if cid in chosen:
+                old = chosen[cid][1]
                 same = bool(case.annotation_hash) and old.annotation_hash == case.annotation_hash
-                superseded.setdefault(case.case_id, []).append(
-                    {
-                        "snapshot": old.snapshot,
-                        "annotation_kind": old.annotation_kind,
-                        "annotation_series_uid": old.annotation_series_uid,
-                        "annotation_hash": old.annotation_hash,
-                        "same_content": same,
-                    }
-                )
+                superseded.setdefault(cid, []).append(_superseded(old, same))
                 logger.info(
                     "case %s (%s): annotation of snapshot %s replaces that of %s%s",
-                    case.case_id,
+                    cid,
                     case.patient_id,
                     case.snapshot,
                     old.snapshot,
                     " (same content)" if same else "",
                 )
-            chosen[case.case_id] = (folder, case)
+            elif twin is not None and twin != cid and twin in chosen:
+                old = chosen.pop(twin)[1]
+                history = superseded.pop(twin, [])
+                superseded[cid] = [*history, _superseded(old, False, twin)]
+                logger.info(
+                    "case %s (%s, %s of snapshot %s): the same image as case %s (%s, %s of snapshot %s), "
+                    "whose annotation it replaces",
+                    cid,
+                    case.patient_id,
+                    case.annotation_kind,
+                    case.snapshot,
+                    twin,
+                    old.patient_id,
+                    old.annotation_kind,
+                    old.snapshot,
+                )
+            chosen[cid] = (folder, case)
+            if case.voxel_hash:
+                by_image[case.voxel_hash] = cid
     return chosen, superseded
 
 
-def _change(case: ConvertedCase, previous: dict[str, dict[str, Any]]) -> str:
+def _change(
+    case: ConvertedCase, previous: dict[str, dict[str, Any]], superseded: list[dict[str, Any]]
+) -> str:
     """Whether the case is new, refined or unchanged relative to the previous iteration's choice."""
     before = previous.get(case.case_id)
     if before is None:
-        return "new"
+        twins = {s["same_image_as"] for s in superseded if "same_image_as" in s}
+        return "refined" if twins & set(previous) else "new"
     return "unchanged" if before.get("annotation_hash") == case.annotation_hash else "refined"
 
 
@@ -188,7 +222,13 @@ def assemble_dataset(
     _fresh_raw_dataset(raw_dataset)
     placement = _Placement(raw_dataset, test_patients, missing_roi, use_ignore, labels)
     records = [
-        _place_case(folder, case, placement, _change(case, prev_cases), superseded.get(cid, []))
+        _place_case(
+            folder,
+            case,
+            placement,
+            _change(case, prev_cases, superseded.get(cid, [])),
+            superseded.get(cid, []),
+        )
         for cid, (folder, case) in sorted(chosen.items())
     ]
     train = _training_cases(records, raw_dataset, test_patients)
@@ -305,7 +345,9 @@ def _place_case(
 ) -> dict[str, Any]:
     """Link (or write, with the ignore label) one case into the raw dataset; return its record."""
     cid, missing_roi = case.case_id, placement.missing_roi
-    split = "test" if case.patient_id in placement.test_patients else "train"
+    # a test image stays a test image under a new name (its NIfTI case named the patient otherwise)
+    held = {case.patient_id} | {s["patient_id"] for s in superseded if "same_image_as" in s}
+    split = "test" if held & placement.test_patients else "train"
     handling = "complete"
     if case.missing_rois:
         handling = "scored on drawn ROIs only" if split == "test" else f"missing_roi={missing_roi.value}"

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from iterseg.convert.annotations import CaseProblem, content_hash
+from iterseg.convert.image_identity import voxel_hash
 from iterseg.convert.nifti import write_nifti
 from iterseg.convert.nifti_check import ANNOTATION_KIND, check_nifti_case
 from iterseg.convert.nifti_layout import (
@@ -300,6 +301,7 @@ def _reuse_unchanged(
             list(old.empty_labels),
             conversion="reused",
             reused_from=old.reused_from or old.snapshot,
+            voxel_hash=old.voxel_hash,
         )
         old_files = [old.image, *(c["image"] for c in old.extra_channels), old.label]
         new_files = [record.image, *(c["image"] for c in record.extra_channels), record.label]
@@ -332,7 +334,13 @@ def _convert_pending(
             problems.append(CaseProblem(pending.case.name, exc.file, str(exc), (pending.case.series_uid,)))
     mismatched = report_check(snapshot, out, [r for _, r in done], reused_checks)
     new = [
-        _record(p, settings, [c.label for c in r.checks if c.converted_voxels], list(r.empty_labels))
+        _record(
+            p,
+            settings,
+            [c.label for c in r.checks if c.converted_voxels],
+            list(r.empty_labels),
+            voxel_hash=r.voxel_hash,
+        )
         for p, r in done
     ]
     annotation_of = {c.case_id: (c.annotation_files[0], c.image_series_uid) for c in new}
@@ -371,7 +379,8 @@ def _convert_case(pending: _Pending, settings: _Settings, out: Path) -> PairResu
             "be corrupt: open it in a viewer, or report the case with its files",
         ) from exc
     empty = tuple(c.label for c in checks if c.label in settings.layout.declared and not c.converted_voxels)
-    return PairResult(pending.cid, checks, empty, int(np.prod(reference.GetSize())))
+    voxels = int(np.prod(reference.GetSize()))
+    return PairResult(pending.cid, checks, empty, voxels, voxel_hash=voxel_hash(reference))
 
 
 def _discard(paths: list[Path]) -> None:

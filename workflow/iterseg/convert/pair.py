@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from iterseg.convert.check import RoiCheck, check_case
+from iterseg.convert.image_identity import voxel_hash
 from iterseg.convert.nifti import write_nifti
 from iterseg.dicom.canvas import LabelCanvas, MaskStrategy, SliceGrid, slice_grid
 from iterseg.dicom.geometry import series_grid
@@ -59,6 +60,7 @@ class PairResult:
     empty_labels: tuple[str, ...] = ()
     voxels: int = 0
     channels: tuple[dict[str, Any], ...] = ()  # of channels 1..: how each reached the reference grid
+    voxel_hash: str = ""  # iterseg.convert.image_identity: the image, whatever its source
     error: str = ""  # one line: file, cause, fix; set instead of the rest when the pair failed
 
 
@@ -164,6 +166,7 @@ def convert_pair(job: PairJob) -> PairResult:
             image = read_image(series, grid)
             written = writer.submit(write_nifti, image, job.image_out)
             channels = _write_channels(job, image)
+            identity = voxel_hash(image)
             array, empty = _draw(job, grid)
             label = sitk.GetImageFromArray(array)
             label.CopyInformation(image)
@@ -201,4 +204,4 @@ def convert_pair(job: PairJob) -> PairResult:
                 "viewer, or report the case with its files so the converter can be fixed",
             )
     voxels = grid.rows * grid.cols * grid.slices
-    return PairResult(job.case_id, checks, empty, voxels, channels)
+    return PairResult(job.case_id, checks, empty, voxels, channels, identity)

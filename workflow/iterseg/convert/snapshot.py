@@ -52,7 +52,7 @@ CASES_FILE = "cases.json"
 CHECK_FILE = "check.json"
 EXCLUDED_FILE = "excluded.json"
 # Part of every reuse key: bump when a change here alters what conversion writes.
-CONVERTER_VERSION = "3"
+CONVERTER_VERSION = "4"
 
 
 def case_id(patient_id: str, image_series_uid: str) -> str:
@@ -423,7 +423,7 @@ def _reuse_unchanged(
             reused_from=old.reused_from or old.snapshot,
             empty_labels=old.empty_labels,
         )
-        record = replace(record, extra_channels=old.extra_channels)
+        record = replace(record, extra_channels=old.extra_channels, voxel_hash=old.voxel_hash)
         for src, dst in [(old.image, record.image), (old.label, record.label)] + [
             (ch["image"], ch["image"]) for ch in old.extra_channels
         ]:
@@ -473,6 +473,7 @@ def _convert_pending(
             settings.roi_labels,
             empty_labels=list(r.empty_labels),
             extra_channels=_channel_records(p, settings.channel_names, r.channels),
+            voxel_hash=r.voxel_hash,
         )
         for p, r in zip(pendings, results, strict=True)
         if not r.error

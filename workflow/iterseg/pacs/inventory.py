@@ -37,6 +37,8 @@ class PacsSeries:
     patient_id: str
     modality: str
     description: str = ""
+    protocol: str = ""  # ProtocolName, for channel assignment
+    frame_of_reference: str = ""  # "" where the PACS does not list it at series level (QIDO need not)
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,8 @@ TAGS = {
     "modality": "00080060",
     "study_description": "00081030",
     "series_description": "0008103E",
+    "protocol": "00181030",
+    "frame_of_reference": "00200052",
 }
 
 
@@ -174,7 +178,9 @@ def _series(pacs: Pacs, study: Mapping[str, Any]) -> list[PacsSeries]:
     with pacs_errors(pacs, f"listing the series of study {study_uid}"):
         listed = pacs.client.search_for_series(
             study_uid,
-            fields=["SeriesDescription", "PatientID"],
+            # ProtocolName and FrameOfReferenceUID for multi-sequence datasets' channels: Orthanc
+            # lists both; a PACS that does not leaves them empty (checked at conversion instead)
+            fields=["SeriesDescription", "PatientID", "ProtocolName", "FrameOfReferenceUID"],
             get_remaining=True,
         )
     found = []
@@ -186,6 +192,8 @@ def _series(pacs: Pacs, study: Mapping[str, Any]) -> list[PacsSeries]:
                 patient_id=json_text(item, TAGS["patient"]) or json_text(study, TAGS["patient"]),
                 modality=json_text(item, TAGS["modality"]),
                 description=json_text(item, TAGS["series_description"]),
+                protocol=json_text(item, TAGS["protocol"]),
+                frame_of_reference=json_text(item, TAGS["frame_of_reference"]),
             )
         )
     return found

@@ -3,10 +3,13 @@
 A pull takes every annotation (SEG or RTSTRUCT) on the PACS that no earlier pull took and that is
 not one of our own predicted SEGs back unedited, with the image series it references, into
 ``rawdata/<dataset>/<date>__<dataset>/``; image series no annotation references go to the inbox,
-one folder per series. Every series is checked against the PACS's own instance list (a WADO-RS
-answer cut short is no error to dicomweb-client: it returns fewer instances), written into a
-hidden staging folder beside its target, and renamed into place only when complete. Existing
-snapshots and inbox folders are never written.
+one folder per series. A multi-sequence dataset (``channels``) is pulled study-wise: an
+annotation comes with every image series of its study, an unannotated study goes to the inbox
+as one folder with a sub-folder per series, and a study whose series cannot be assigned to the
+channels is left on the PACS, named. Every series is checked against the PACS's own instance
+list (a WADO-RS answer cut short is no error to dicomweb-client: it returns fewer instances),
+written into a hidden staging folder beside its target, and renamed into place only when
+complete. Existing snapshots and inbox folders are never written.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydicom.errors import InvalidDicomError
 
+from iterseg.convert.channels import Channel, ChannelError, SeriesLabel, assign_channels
 from iterseg.errors import PacsError
 from iterseg.pacs.client import Pacs, pacs_errors
 from iterseg.pacs.inventory import TAGS, Inventory, PacsAnnotation, PacsSeries, ProjectState, json_text
@@ -50,12 +54,18 @@ class PullPlan:
     already_pulled: int
     unrefined_predictions: int  # SEGs of ours back unedited (not our UIDs: another copy of the project?)
     our_segs_on_pacs: int
-    problems: tuple[str, ...]  # annotations left on the PACS, each with why
+    problems: tuple[str, ...]  # annotations (and multi-sequence studies) left on the PACS, each with why
+    channels: tuple[str, ...] = ()  # a multi-sequence dataset's channel names: the pull is study-wise
 
     @property
     def empty(self) -> bool:
         """Nothing new: no annotation and no inbox case to pull."""
         return not self.annotations and not self.inbox
+
+    @property
+    def study_wise(self) -> bool:
+        """Whether whole studies are pulled (a dataset with several channels)."""
+        return len(self.channels) > 1
 
 
 def safe_name(text: str) -> str:
@@ -73,8 +83,79 @@ def inbox_folder(series: PacsSeries) -> str:
     return f"{safe_name(series.patient_id)}_{short_hash(series.series_uid)}"
 
 
-def plan_pull(inventory: Inventory, state: ProjectState, inbox: Path, allow_unrefined: bool) -> PullPlan:
-    """Decide what a pull takes, from the PACS inventory and what the project already has."""
+def inbox_study_folder(series: PacsSeries) -> str:
+    """The inbox folder of a multi-sequence study (``<patient>_<hash of the study UID>``), one per study."""
+    return f"{safe_name(series.patient_id)}_{short_hash(series.study_uid)}"
+
+
+# Where the PACS does not list every series' FrameOfReferenceUID (QIDO need not), one equal
+# placeholder: the plan then checks the description rules only, and conversion the frames.
+_UNLISTED_FRAME = "(not listed by the PACS)"
+
+
+def _labels(study: Sequence[PacsSeries]) -> list[SeriesLabel]:
+    listed = all(s.frame_of_reference for s in study)
+    return [
+        SeriesLabel(
+            s.series_uid, s.description, s.protocol, s.frame_of_reference if listed else _UNLISTED_FRAME,
+            "on the PACS",
+        )
+        for s in study
+    ]  # fmt: skip
+
+
+def _study(inventory: Inventory, series: PacsSeries) -> list[PacsSeries]:
+    """The inventory's image series of ``series``' study and patient, ``series`` among them."""
+    return [
+        s
+        for s in inventory.images.values()
+        if s.study_uid == series.study_uid and s.patient_id == series.patient_id
+    ]
+
+
+def channel_problem(
+    study: Sequence[PacsSeries], channels: Sequence[Channel], reference: str | None
+) -> str | None:
+    """Why a study's series cannot be assigned to ``channels`` (the reference: the annotated one), or None.
+
+    Parameters
+    ----------
+    study
+        The image series of one study and patient on the PACS.
+    channels
+        The dataset's channels, the reference channel first.
+    reference
+        The annotated series' UID; None for an unannotated (inbox) study.
+
+    Returns
+    -------
+    str or None
+        The :class:`~iterseg.convert.channels.ChannelError` message, or None when they can be.
+
+    """
+    try:
+        assign_channels(_labels(study), channels, reference)
+    except ChannelError as exc:
+        return str(exc)
+    return None
+
+
+def _annotation_problem(inventory: Inventory, ann: PacsAnnotation, channels: Sequence[Channel]) -> str | None:
+    ref = inventory.images[ann.references[0]]
+    why = channel_problem(_study(inventory, ref), channels, ref.series_uid)
+    if why is None:
+        return None
+    return (
+        f"{ann.series.modality} {ann.sop_uid} of patient {ref.patient_id}, study {ref.study_uid}: its "
+        f"study's series cannot be assigned to the channels {', '.join(c.name for c in channels)}: {why}. "
+        "Nothing of the study is pulled until they can be."
+    )
+
+
+def _take_annotations(
+    inventory: Inventory, state: ProjectState, allow_unrefined: bool, channels: Sequence[Channel]
+) -> tuple[list[PacsAnnotation], list[str], dict[str, dict[str, str]], int, int]:
+    """The new annotations to pull, the problems, the refined predictions, the already pulled and ours."""
     new, problems, refines = [], [], {}
     already = unrefined = 0
     for ann in inventory.annotations:
@@ -93,21 +174,89 @@ def plan_pull(inventory: Inventory, state: ProjectState, inbox: Path, allow_unre
                 "there (or widen pacs.studies)"
             )
             continue
+        if len(channels) > 1 and (why := _annotation_problem(inventory, ann, channels)):
+            problems.append(why)
+            continue
         new.append(ann)
         for uid in ann.references:
             if uid in state.predicted:
                 pred = state.predicted[uid]
                 refines[ann.sop_uid] = {"iteration": pred.iteration, "case_id": pred.case_id}
+    return new, problems, refines, already, unrefined
+
+
+def _inbox_studies(
+    inventory: Inventory, state: ProjectState, inbox: Path, channels: Sequence[Channel]
+) -> tuple[list[PacsSeries], list[str]]:
+    """The series of every new unannotated study whose series fit the channels; the studies that do not."""
     referenced = {uid for ann in inventory.annotations for uid in ann.references}
-    images = tuple(dict.fromkeys(inventory.images[uid] for ann in new for uid in ann.references))
-    unannotated = [
-        s
-        for uid, s in inventory.images.items()
-        if uid not in referenced and uid not in state.pulled_images and not (inbox / inbox_folder(s)).exists()
-    ]
+    studies: dict[tuple[str, str], list[PacsSeries]] = {}
+    for s in inventory.images.values():
+        studies.setdefault((s.patient_id, s.study_uid), []).append(s)
+    series: list[PacsSeries] = []
+    problems = []
+    for (patient, study), members in studies.items():
+        uids = {s.series_uid for s in members}
+        if uids & (referenced | state.pulled_images) or (inbox / inbox_study_folder(members[0])).exists():
+            continue
+        why = channel_problem(members, channels, None)
+        if why is None:
+            series += members
+            continue
+        problems.append(
+            f"study {study} of patient {patient} (no annotation): its series cannot be assigned to the "
+            f"channels {', '.join(c.name for c in channels)}: {why}. It goes to the inbox once they can be."
+        )
+    return series, problems
+
+
+def plan_pull(
+    inventory: Inventory,
+    state: ProjectState,
+    inbox: Path,
+    allow_unrefined: bool,
+    channels: Sequence[Channel] = (),
+) -> PullPlan:
+    """Decide what a pull takes, from the PACS inventory and what the project already has.
+
+    Parameters
+    ----------
+    inventory
+        The dataset on the PACS (:func:`~iterseg.pacs.inventory.read_inventory`).
+    state
+        What the project already has (:func:`~iterseg.pacs.inventory.project_state`).
+    inbox
+        The dataset's inbox: series (multi-sequence: studies) with a folder there are not taken again.
+    allow_unrefined
+        Take our own predicted SEGs back unedited as annotations too.
+    channels
+        The dataset's channels. Several: each annotation comes with every image series of its
+        study, unannotated studies go to the inbox whole, and a study whose series cannot be
+        assigned to the channels stays on the PACS, listed in ``problems``.
+
+    """
+    new, problems, refines, already, unrefined = _take_annotations(
+        inventory, state, allow_unrefined, channels
+    )
+    if len(channels) > 1:
+        first = (inventory.images[ann.references[0]] for ann in new)
+        images = tuple(dict.fromkeys(s for ref in first for s in [ref, *_study(inventory, ref)]))
+        unannotated, left = _inbox_studies(inventory, state, inbox, channels)
+        problems += left
+    else:
+        referenced = {uid for ann in inventory.annotations for uid in ann.references}
+        images = tuple(dict.fromkeys(inventory.images[uid] for ann in new for uid in ann.references))
+        unannotated = [
+            s
+            for uid, s in inventory.images.items()
+            if uid not in referenced
+            and uid not in state.pulled_images
+            and not (inbox / inbox_folder(s)).exists()
+        ]
+    names = tuple(c.name for c in channels) if len(channels) > 1 else ()
     return PullPlan(
         tuple(new), images, tuple(unannotated), refines, already, unrefined, inventory.our_segs_on_pacs,
-        tuple(problems),
+        tuple(problems), names,
     )  # fmt: skip
 
 
@@ -281,6 +430,7 @@ def _record(pacs: Pacs, plan: PullPlan, date: str, files: dict[str, list[str]]) 
             for s in plan.images
         ],
         "left_on_pacs": list(plan.problems),
+        **({"channels": list(plan.channels)} if plan.study_wise else {}),
     }
 
 
@@ -306,14 +456,29 @@ def write_snapshot(pacs: Pacs, plan: PullPlan, dataset_root: Path, date: str) ->
     return target, sum(len(v) for v in files.values()) + len(plan.annotations)
 
 
-def write_inbox(pacs: Pacs, plan: PullPlan, inbox: Path) -> tuple[list[Path], int]:
-    """Write each new unannotated series as its own inbox folder; the folders and file count."""
-    folders, count = [], 0
+def inbox_groups(plan: PullPlan) -> dict[str, list[PacsSeries]]:
+    """The plan's inbox folders and the series each gets: one per series, or (study-wise) per study."""
+    groups: dict[str, list[PacsSeries]] = {}
     for series in plan.inbox:
-        target = inbox / inbox_folder(series)
+        name = inbox_study_folder(series) if plan.study_wise else inbox_folder(series)
+        groups.setdefault(name, []).append(series)
+    return groups
+
+
+def write_inbox(pacs: Pacs, plan: PullPlan, inbox: Path) -> tuple[list[Path], int]:
+    """Write each new unannotated series (study-wise: study) as its own inbox folder; folders, files.
+
+    A study's folder holds one sub-folder per series (``<Modality>_<hash>``), as the inbox's
+    multi-sequence cases are found: one case per study of a folder.
+    """
+    folders, count = [], 0
+    for name, members in inbox_groups(plan).items():
+        target = inbox / name
         staging = partial_path(target)
         try:
-            count += len(_write_series(pacs, series, staging))
+            for series in members:
+                where = staging / _series_folder(series).name if plan.study_wise else staging
+                count += len(_write_series(pacs, series, where))
             inbox.mkdir(parents=True, exist_ok=True)
             _rename_into_place(staging, target)
         finally:
@@ -339,7 +504,8 @@ def _plan(
     state = project_state([s.path for s in snapshots], results / dataset)
     pacs = connect(ds.pacs, dataset)
     inventory = read_inventory(pacs, ds.pacs.studies, state.our_segs)
-    return pacs, plan_pull(inventory, state, root / inbox_name, ds.allow_unrefined_predictions)
+    plan = plan_pull(inventory, state, root / inbox_name, ds.allow_unrefined_predictions, ds.channels)
+    return pacs, plan
 
 
 def pacs_status(settings: Settings, dataset: str, rawdata: Path, inbox_name: str, results: Path) -> PullPlan:
@@ -397,24 +563,49 @@ def pull_dataset(
     return PullResult(plan, snapshot, tuple(folders), files + inbox_files)
 
 
+def _describe_inbox(plan: PullPlan) -> list[str]:
+    if not plan.study_wise:
+        return [f"  {len(plan.inbox)} new image series without annotation (for the inbox)"] + [
+            f"    {s.patient_id}: {s.modality} {s.series_uid} -> inbox/{inbox_folder(s)}" for s in plan.inbox
+        ]
+    groups = inbox_groups(plan)
+    lines = [f"  {len(groups)} new studies without annotation (for the inbox, one folder each)"]
+    for name, members in groups.items():
+        names = ", ".join(repr(s.description or s.protocol or s.series_uid) for s in members)
+        lines.append(
+            f"    {members[0].patient_id}: study {members[0].study_uid}, {len(members)} "
+            f"{members[0].modality} series ({names}) -> inbox/{name}"
+        )
+    return lines
+
+
+def _study_note(plan: PullPlan, ann: PacsAnnotation) -> str:
+    """What comes with a study-wise annotation: its study and that study's image series, named."""
+    ref = next((s for s in plan.images if s.series_uid in ann.references), None)
+    if ref is None:
+        return ""
+    study = [s for s in plan.images if s.study_uid == ref.study_uid and s.patient_id == ref.patient_id]
+    names = ", ".join(repr(s.description or s.protocol or s.series_uid) for s in study)
+    return f", study {ref.study_uid} with its {len(study)} image series ({names})"
+
+
 def describe_plan(plan: PullPlan, pacs_url: str) -> list[str]:
     """The plan in lines for people (``pacs status``, and the end of ``pacs pull``)."""
     lines = [f"PACS {pacs_url}:"]
     refined = len(plan.refines)
+    whole = f" (whole studies, for the channels {', '.join(plan.channels)})" if plan.study_wise else ""
     lines.append(
         f"  {len(plan.annotations)} new annotations ({refined} refining our predictions) of "
-        f"{len(plan.images)} image series"
+        f"{len(plan.images)} image series{whole}"
     )
     for ann in plan.annotations:
         note = plan.refines.get(ann.sop_uid)
         how = f", refines the prediction of {note['case_id']} ({note['iteration']})" if note else ""
         lines.append(
             f"    {ann.series.patient_id}: {ann.series.modality} {ann.sop_uid} ({ann.manufacturer}){how}"
+            + (_study_note(plan, ann) if plan.study_wise else "")
         )
-    lines.append(f"  {len(plan.inbox)} new image series without annotation (for the inbox)")
-    lines += [
-        f"    {s.patient_id}: {s.modality} {s.series_uid} -> inbox/{inbox_folder(s)}" for s in plan.inbox
-    ]
+    lines += _describe_inbox(plan)
     lines.append(
         f"  already pulled: {plan.already_pulled} annotations; our predicted SEGs there: "
         f"{plan.our_segs_on_pacs} (never pulled back unedited)"
