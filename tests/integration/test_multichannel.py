@@ -162,3 +162,17 @@ def test_inbox_cases_take_the_same_channels_and_a_folder_without_one_is_named(
     sitk.WriteImage(sitk.Image(8, 8, 8, sitk.sitkInt16), str(inbox / "N1/flair.nii.gz"))
     unusable = {u.case: u.message for u in scan_inbox(inbox, "MR", CHANNELS).unusable}
     assert "2 channels (FLAIR, T1)" in unusable["N1"] and "DICOM series" in unusable["N1"]
+
+
+def test_a_channel_missing_a_slice_is_refused_like_the_reference(mr_data: Path, tmp_path: Path) -> None:
+    """The other channels get the reference's grid checks: a gap is never interpolated over."""
+    snapshot = tmp_path / _snapshot(mr_data).name
+    shutil.copytree(_snapshot(mr_data), snapshot)
+    slices = sorted(
+        (snapshot / "P005/T1").iterdir(), key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2])
+    )
+    slices[len(slices) // 2].unlink()
+    cases = convert_snapshot(snapshot, tmp_path / "converted", ROI, "MR", channels=CHANNELS)
+    assert "P005" not in {c.patient_id for c in cases} and len(cases) == 6
+    (skipped,) = read_record(tmp_path / "converted" / SKIPPED_FILE, SkippedCases).cases
+    assert skipped.patient_id == "P005" and "P005/T1" in skipped.message and "slice" in skipped.message
