@@ -45,11 +45,16 @@ GATE_STRICT = "config/gate_strict.yaml"  # a gate no iteration passes: demands a
 
 
 def snakemake(
-    project: Path, *args: str, gate: str | None = None, timeout: int = 1500
+    project: Path,
+    *args: str,
+    gate: str | None = None,
+    timeout: int = 1500,
+    config: str = "config/demo.yaml",
 ) -> subprocess.CompletedProcess[str]:
     """Run snakemake from the test's environment in ``project``, as a user would from the repo.
 
-    ``gate``: a config file replacing the demo's own promotion gate (the production default).
+    ``gate``: a config file replacing the demo's own promotion gate (the production default);
+    ``config``: the project's config file to run with.
     """
     exe = Path(sys.executable).parent / "snakemake"
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
@@ -63,7 +68,7 @@ def snakemake(
             "--directory",
             str(project),
             "--configfile",  # resolved against the caller's directory, not --directory
-            str(project / "config/demo.yaml"),
+            str(project / config),
             *([str(project / gate)] if gate else []),
             *args,
         ],

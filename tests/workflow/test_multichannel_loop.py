@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import yaml
 from conftest import REPO, tree_digest
 from iterseg.dicom.series import find_image_series
 from seg_checks import frame_positions_on_source_slices, referenced_series, seg_label_map
+from test_demo_loop import snakemake
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
@@ -35,23 +35,7 @@ def mr_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     rawdata = project / "data/rawdata" / DATASET
     subprocess.run([str(iterseg), "-q", "demo-data", str(rawdata), "--mr"], check=True)
     before = tree_digest(project / "data/rawdata")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
-    run = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "snakemake"),
-            "--snakefile",
-            str(REPO / "Snakefile"),
-            "--directory",
-            str(project),
-            "--configfile",
-            str(project / "config/demo_mr.yaml"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=1500,
-        env=env,
-        check=False,
-    )
+    run = snakemake(project, config="config/demo_mr.yaml")
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-5000:]
     return {"project": project, "rawdata": rawdata, "before": before}
 

@@ -54,13 +54,12 @@ from iterseg.convert.nifti_layout import (
 from iterseg.convert.pair import PairResult
 from iterseg.convert.snapshot import (
     CASES_FILE,
-    CHECK_FILE,
     EXCLUDED_FILE,
     case_id,
     channel_image,
     earlier_index,
     inside,
-    link_or_copy,
+    link_reused,
     log_outcome,
     mismatch_problems,
     report_check,
@@ -70,11 +69,9 @@ from iterseg.convert.snapshot import (
 from iterseg.errors import ConversionError
 from iterseg.rawdata.fingerprint import SNAPSHOT_RECORD, record_snapshot
 from iterseg.records import (
-    ConversionCheck,
     ConvertedCase,
     ConvertedCases,
     ExcludedAnnotations,
-    read_record,
     write_json,
     write_record,
 )
@@ -303,15 +300,7 @@ def _reuse_unchanged(
             reused_from=old.reused_from or old.snapshot,
             voxel_hash=old.voxel_hash,
         )
-        old_files = [old.image, *(c["image"] for c in old.extra_channels), old.label]
-        new_files = [record.image, *(c["image"] for c in record.extra_channels), record.label]
-        for src, dst in zip(old_files, new_files, strict=True):
-            link_or_copy(folder / src, out / dst)
-        reused_checks += [
-            {**row, "reused_from": record.reused_from}
-            for row in read_record(folder / CHECK_FILE, ConversionCheck).rois
-            if row["case_id"] == old.case_id
-        ]
+        reused_checks += link_reused(folder, old, record, out)
         reused.append(record)
         logger.info("case %s: unchanged since %s, NIfTI reused", case.name, record.reused_from)
     return pendings, reused, reused_checks

@@ -424,18 +424,23 @@ def _reuse_unchanged(
             empty_labels=old.empty_labels,
         )
         record = replace(record, extra_channels=old.extra_channels, voxel_hash=old.voxel_hash)
-        for src, dst in [(old.image, record.image), (old.label, record.label)] + [
-            (ch["image"], ch["image"]) for ch in old.extra_channels
-        ]:
-            link_or_copy(folder / src, out / dst)
-        reused_checks += [
-            {**row, "reused_from": record.reused_from}
-            for row in read_record(folder / CHECK_FILE, ConversionCheck).rois
-            if row["case_id"] == old.case_id
-        ]
+        reused_checks += link_reused(folder, old, record, out)
         reused.append(record)
         logger.info("patient %s: unchanged since %s, NIfTI reused", sel.image.patient_id, record.reused_from)
     return pendings, reused, reused_checks
+
+
+def link_reused(folder: Path, old: ConvertedCase, record: ConvertedCase, out: Path) -> list[dict[str, Any]]:
+    """Link a reused case's files from the earlier conversion ``folder``; its check rows, marked reused."""
+    old_files = [old.image, old.label, *(ch["image"] for ch in old.extra_channels)]
+    new_files = [record.image, record.label, *(ch["image"] for ch in record.extra_channels)]
+    for src, dst in zip(old_files, new_files, strict=True):
+        link_or_copy(folder / src, out / dst)
+    return [
+        {**row, "reused_from": record.reused_from}
+        for row in read_record(folder / CHECK_FILE, ConversionCheck).rois
+        if row["case_id"] == old.case_id
+    ]
 
 
 def _pending(sel: Selection, settings: _Settings) -> _Pending:

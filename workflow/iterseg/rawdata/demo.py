@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,8 @@ def phantom_arrays(phantom: Phantom) -> tuple[np.ndarray, dict[SegmentLabel, np.
     return hu, {SegmentLabel.LIVER: liver, SegmentLabel.TUMOUR: tumour}
 
 
-def _file_meta(sop_class: str, sop_instance: str) -> FileMetaDataset:
+def file_meta(sop_class: str, sop_instance: str) -> FileMetaDataset:
+    """The file meta information of one instance written by the demo (explicit VR little endian)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = UID(sop_instance)
@@ -169,7 +171,8 @@ def _file_meta(sop_class: str, sop_instance: str) -> FileMetaDataset:
     return meta
 
 
-def _patient_study(ds: Dataset, phantom: Phantom, study_uid: str) -> None:
+def patient_study(ds: Dataset, phantom: Phantom, study_uid: str) -> None:
+    """Set the patient and study modules of ``ds`` for the phantom's one study."""
     ds.PatientName = f"Phantom^{phantom.patient_id}"
     ds.PatientID = phantom.patient_id
     ds.PatientBirthDate = "19700101"
@@ -200,10 +203,10 @@ def write_ct_series(phantom: Phantom, folder: Path) -> list[Dataset]:
     for k in range(n_slices):
         sop_uid = demo_uid(phantom.patient_id, "ct", k)
         ds = Dataset()
-        ds.file_meta = _file_meta(CTImageStorage, sop_uid)
+        ds.file_meta = file_meta(CTImageStorage, sop_uid)
         ds.SOPClassUID = CTImageStorage
         ds.SOPInstanceUID = sop_uid
-        _patient_study(ds, phantom, study_uid)
+        patient_study(ds, phantom, study_uid)
         ds.Modality = "CT"
         ds.SeriesInstanceUID = series_uid
         ds.SeriesNumber = 1
@@ -403,10 +406,10 @@ def write_rtstruct(phantom: Phantom, ct: list[Dataset], path: Path, tag: str) ->
     ref = ct[0]
     sop_uid = demo_uid(phantom.patient_id, "rtstruct", tag)
     ds = Dataset()
-    ds.file_meta = _file_meta(RTStructureSetStorage, sop_uid)
+    ds.file_meta = file_meta(RTStructureSetStorage, sop_uid)
     ds.SOPClassUID = RTStructureSetStorage
     ds.SOPInstanceUID = sop_uid
-    _patient_study(ds, phantom, ref.StudyInstanceUID)
+    patient_study(ds, phantom, ref.StudyInstanceUID)
     ds.Modality = "RTSTRUCT"
     ds.SeriesInstanceUID = demo_uid(phantom.patient_id, "rtstruct-series", tag)
     ds.SeriesNumber = 200
@@ -523,10 +526,20 @@ def write_demo_dataset(root: Path) -> list[Path]:
         folders are left alone, so the command never overwrites researchers' data.
 
     """
+    return write_planned(root, demo_plan(), _write_case)
+
+
+def write_planned(
+    root: Path, plan: dict[str, list[DemoCase]], write_case: Callable[[DemoCase, Path], None], what: str = ""
+) -> list[Path]:
+    """Write each folder of ``plan`` under ``root`` with ``write_case``; existing folders are left alone.
+
+    Each folder is written hidden and renamed into place, so no half-written snapshot is ever
+    discovered; ``what`` says in the log what each patient holds.
+    """
     from tqdm import tqdm
 
     written: list[Path] = []
-    plan = demo_plan()
     for folder_name, cases in plan.items():
         folder = root / folder_name
         if folder.exists():
@@ -535,10 +548,10 @@ def write_demo_dataset(root: Path) -> list[Path]:
         staging = partial_path(folder)  # hidden, so no snapshot is discovered there meanwhile
         try:
             for case in tqdm(cases, desc=folder_name, unit="patient", disable=None):
-                _write_case(case, staging / case.patient_id)
+                write_case(case, staging / case.patient_id)
             staging.rename(folder)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         written.append(folder)
-        logger.info("wrote %s (%d patients)", folder, len(cases))
+        logger.info("wrote %s (%d patients%s)", folder, len(cases), f", {what}" if what else "")
     return written

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +34,6 @@ from pydicom.dataset import Dataset
 from pydicom.uid import MRImageStorage
 
 from iterseg.dicom.codes import SegmentLabel
-from iterseg.paths import partial_path
 from iterseg.rawdata.demo import (
     ORIGIN,
     PIXEL_SPACING,
@@ -43,11 +41,12 @@ from iterseg.rawdata.demo import (
     SLICE_THICKNESS,
     DemoCase,
     Phantom,
-    _file_meta,
-    _patient_study,
     demo_uid,
+    file_meta,
     make_phantom,
+    patient_study,
     phantom_arrays,
+    write_planned,
     write_seg,
 )
 
@@ -245,10 +244,10 @@ def _slice_dataset(phantom: Phantom, protocol: MrProtocol, k: int, pixels: np.nd
     """The MR Image Storage instance of slice ``k`` (0 = lowest) of ``protocol``'s series."""
     sop_uid = demo_uid(phantom.patient_id, "mr", protocol.protocol_name, k)
     ds = Dataset()
-    ds.file_meta = _file_meta(MRImageStorage, sop_uid)
+    ds.file_meta = file_meta(MRImageStorage, sop_uid)
     ds.SOPClassUID = MRImageStorage
     ds.SOPInstanceUID = sop_uid
-    _patient_study(ds, phantom, demo_uid(phantom.patient_id, "mr-study"))
+    patient_study(ds, phantom, demo_uid(phantom.patient_id, "mr-study"))
     _series_module(ds, phantom, protocol)
     ds.InstanceNumber = interleaved_instance(k, protocol.grid.shape[0])
     _mr_image_module(ds, protocol)
@@ -352,21 +351,4 @@ def write_demo_mr_dataset(root: Path, dataset: str = DEMO_MR_DATASET) -> list[Pa
         The snapshot and inbox folders written (not those that existed).
 
     """
-    from tqdm import tqdm
-
-    written: list[Path] = []
-    for folder_name, cases in demo_mr_plan(dataset).items():
-        folder = root / folder_name
-        if folder.exists():
-            logger.info("%s exists; leaving it untouched", folder)
-            continue
-        staging = partial_path(folder)  # hidden, so no snapshot is discovered there meanwhile
-        try:
-            for case in tqdm(cases, desc=folder_name, unit="patient", disable=None):
-                _write_mr_case(case, staging / case.patient_id)
-            staging.rename(folder)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        written.append(folder)
-        logger.info("wrote %s (%d patients, FLAIR + T1 each)", folder, len(cases))
-    return written
+    return write_planned(root, demo_mr_plan(dataset), _write_mr_case, "FLAIR + T1 each")
