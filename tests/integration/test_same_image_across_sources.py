@@ -10,6 +10,8 @@ new name.
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +85,18 @@ def test_the_dicom_annotation_replaces_its_nifti_case_and_a_test_image_stays_hel
     assert by_patient["P001"]["split"] == by_patient["P002"]["split"] == "train"
     assert {r["patient_id"] for r in record.records if r["split"] == "test"} == {"case_003", "P004"}
     assert len(record.records) == len(converted["dicom"]) + len(converted["nifti"]) - 3
+
+
+def test_two_cases_of_one_image_in_one_snapshot_both_stay_with_a_warning(
+    converted: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = converted["root"] / "rawdata" / f"{SNAPSHOT_DATES[0]}__demo"
+    snapshot = tmp_path / source.name
+    shutil.copytree(source, snapshot)
+    shutil.copy(snapshot / "imagesTr/case_005_0000.nii.gz", snapshot / "imagesTr/copy_005_0000.nii.gz")
+    shutil.copy(snapshot / "labelsTr/case_005.nii.gz", snapshot / "labelsTr/copy_005.nii.gz")
+    convert_snapshot(snapshot, tmp_path / "converted", ROI)
+    with caplog.at_level(logging.WARNING, logger="iterseg.convert.assemble"):
+        record = assemble_dataset([tmp_path / "converted"], tmp_path / "raw/Dataset901_demo", ROI, "CT")
+    assert {"case_005", "copy_005"} <= {r["patient_id"] for r in record.records}
+    assert any("hold the same image" in m and "leave one of them out" in m for m in caplog.messages)

@@ -127,3 +127,31 @@ def test_the_exported_model_assigns_the_channels_on_another_machine(mr_run: dict
         assert referenced_series(out / "seg" / f"{case}.dcm") == referenced_series(
             latest / "seg" / f"{case}.dcm"
         )
+
+
+def test_analyze_assigns_the_channels_of_each_tarred_case(mr_run: dict, tmp_path: Path) -> None:
+    """The analyzer with the MR model: a SEG per two-sequence case; a NIfTI file is named, not guessed."""
+    import io
+    import tarfile
+
+    from iterseg.api import analyze
+
+    inbox, latest = mr_run["rawdata"] / "inbox", mr_run["project"] / f"data/results/{DATASET}/latest"
+    sitk.WriteImage(sitk.ReadImage(str(latest / "labels/P101.nii.gz")), str(tmp_path / "N1.nii.gz"))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for case in ("P101", "P102"):
+            tar.add(inbox / case, arcname=case)
+        tar.add(tmp_path / "N1.nii.gz", arcname="N1.nii.gz")
+    result = analyze([buffer.getvalue()], model=latest, device="cpu")
+    assert result["status"] == "done" and sorted(result["dicom_seg_bytes"]) == ["P101.dcm", "P102.dcm"]
+    assert not result["nifti_seg_bytes"] and "DICOM series" in json.dumps(result["errors"])
+    for case in ("P101", "P102"):
+        seg_path = tmp_path / f"{case}.dcm"
+        seg_path.write_bytes(result["dicom_seg_bytes"][f"{case}.dcm"])
+        assert referenced_series(seg_path) == referenced_series(latest / "seg" / f"{case}.dcm")
+        (flair,) = [
+            s for s in find_image_series(inbox / case, "MR") if s.datasets[0].SeriesDescription == "AX FLAIR"
+        ]
+        theirs = sitk.GetArrayFromImage(sitk.ReadImage(str(latest / "labels" / f"{case}.nii.gz")))
+        assert np.array_equal(seg_label_map(seg_path, flair.datasets), theirs), case

@@ -104,9 +104,10 @@ def _choose(
 ) -> tuple[dict[str, tuple[Path, ConvertedCase]], dict[str, list[dict[str, Any]]]]:
     """Newest annotation per image, and what each superseded.
 
-    An image is a case id (its series), or, across sources, its voxels
+    An image is a case id (its series), or, across snapshots, its voxels
     (:mod:`iterseg.convert.image_identity`): a DICOM annotation of an image first seen in a
-    NIfTI snapshot replaces the NIfTI case, and inherits its history.
+    NIfTI snapshot (or under other series UIDs) replaces that case, and inherits its history.
+    Within one snapshot, two cases are two cases: which one a researcher meant is not ours to pick.
     """
     chosen: dict[str, tuple[Path, ConvertedCase]] = {}
     superseded: dict[str, list[dict[str, Any]]] = {}
@@ -127,7 +128,7 @@ def _choose(
                     old.snapshot,
                     " (same content)" if same else "",
                 )
-            elif twin is not None and twin != cid and twin in chosen:
+            elif twin is not None and twin in chosen and chosen[twin][1].snapshot != case.snapshot:
                 old = chosen.pop(twin)[1]
                 history = superseded.pop(twin, [])
                 superseded[cid] = [*history, _superseded(old, False, twin)]
@@ -142,6 +143,16 @@ def _choose(
                     old.patient_id,
                     old.annotation_kind,
                     old.snapshot,
+                )
+            elif twin is not None and twin in chosen:
+                logger.warning(
+                    "cases %s and %s (%s, %s) of snapshot %s hold the same image (voxels and grid); both "
+                    "are trained on: leave one of them out of the next snapshot",
+                    twin,
+                    cid,
+                    chosen[twin][1].patient_id,
+                    case.patient_id,
+                    case.snapshot,
                 )
             chosen[cid] = (folder, case)
             if case.voxel_hash:
