@@ -211,7 +211,7 @@ def onto_reference(image: Any, reference: Any) -> tuple[Any, dict[str, Any]]:
 
     The same grid is copied with the reference's exact header; another grid is resampled
     linearly (float32; outside the channel's extent its minimum), and the share of the reference
-    grid it covers is recorded, with a warning below ``LOW_COVERAGE``.
+    grid it covers is recorded (callers warn below ``LOW_COVERAGE``, naming the series).
     """
     import numpy as np
     import SimpleITK as sitk

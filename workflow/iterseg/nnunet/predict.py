@@ -196,7 +196,7 @@ def _channel_arrays(
     """Channels 1.. of a multi-sequence case on the reference grid, as conversion resamples them."""
     import SimpleITK as sitk
 
-    from iterseg.convert.channels import onto_reference
+    from iterseg.convert.channels import LOW_COVERAGE, onto_reference
 
     reference = _with_geometry(sitk.GetImageFromArray(reference_array), geometry)
     arrays = []
@@ -214,7 +214,14 @@ def _channel_arrays(
                 f"{series.files[0].parent}: series {series.series_uid} of inbox case {case.case_id} cannot "
                 f"be read ({_cause(exc)}); re-export it, or move the case out of the inbox.",
             ) from exc
-        resampled, _ = onto_reference(_with_geometry(sitk.GetImageFromArray(values), own), reference)
+        resampled, done = onto_reference(_with_geometry(sitk.GetImageFromArray(values), own), reference)
+        if done["coverage"] < LOW_COVERAGE:
+            logger.warning(
+                "inbox case %s: series %s covers %.0f %% of the reference grid; the rest is its minimum",
+                case.case_id,
+                series.series_uid,
+                100 * done["coverage"],
+            )
         arrays.append(sitk.GetArrayFromImage(resampled).astype(np.float32))
     return arrays
 
