@@ -336,3 +336,24 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_no_case_is_blamed(
     assert "rawdata was not changed" in run.stderr
     assert "Traceback" not in run.stderr + run.stdout + log.read_text()
     assert "skipped" not in log.read_text()  # the machine's problem, not a bad case
+
+
+@pytest.mark.parametrize("kind", ["CT", "RTSTRUCT", "SEG"])
+def test_the_demos_own_dicom_passes_dciodvfy(demo_rawdata: Path, kind: str) -> None:
+    """The phantoms are written as a scanner and a planning system write them; dcmqi's SEGs are dcmqi's."""
+    import subprocess
+    import sys
+
+    folder = (
+        demo_rawdata / "2026-01-15__demo" / {"CT": "P002", "RTSTRUCT": "P002", "SEG": "P003"}[kind] / kind
+    )
+    file = sorted(folder.iterdir())[len(list(folder.iterdir())) // 2]
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "dciodvfy"), str(file)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    output = run.stdout + run.stderr
+    assert {"CT": "CTImage", "RTSTRUCT": "RTStructureSet", "SEG": "Segmentation"}[kind] in output
+    assert [line for line in output.splitlines() if line.startswith(("Error", "Warning"))] == [], output

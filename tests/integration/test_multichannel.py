@@ -176,3 +176,14 @@ def test_a_channel_missing_a_slice_is_refused_like_the_reference(mr_data: Path, 
     assert "P005" not in {c.patient_id for c in cases} and len(cases) == 6
     (skipped,) = read_record(tmp_path / "converted" / SKIPPED_FILE, SkippedCases).cases
     assert skipped.patient_id == "P005" and "P005/T1" in skipped.message and "slice" in skipped.message
+
+
+def test_an_inbox_folder_with_two_studies_gives_two_cases(mr_data: Path, tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    shutil.copytree(mr_data / "inbox/P101", inbox / "P101")
+    shutil.copytree(mr_data / "inbox/P102", inbox / "P101/later")  # another study (of P102) in P101's folder
+    scan = scan_inbox(inbox, "MR", CHANNELS)
+    assert not scan.unusable and len(scan.cases) == 2
+    assert all(c.case_id.startswith("P101_") and len(c.channels) == 1 for c in scan.cases)
+    studies = {c.series.datasets[0].StudyInstanceUID for c in scan.cases if c.series is not None}
+    assert len(studies) == 2 and len({c.case_id for c in scan.cases}) == 2

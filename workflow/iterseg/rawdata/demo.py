@@ -210,6 +210,9 @@ def write_ct_series(phantom: Phantom, folder: Path) -> list[Dataset]:
         ds.Modality = "CT"
         ds.SeriesInstanceUID = series_uid
         ds.SeriesNumber = 1
+        ds.AcquisitionNumber = 1
+        ds.PatientPosition = "HFS"
+        ds.BodyPartExamined = "ABDOMEN"
         ds.SeriesDescription = "Phantom CT"
         # Deliberately opposite to the slice order: only the geometry tells the order.
         ds.InstanceNumber = n_slices - k
@@ -219,8 +222,9 @@ def write_ct_series(phantom: Phantom, folder: Path) -> list[Dataset]:
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
         ox, oy, oz = phantom.origin
-        ds.ImagePositionPatient = [ox, oy, oz + SLICE_THICKNESS * k]
-        ds.SliceLocation = oz + SLICE_THICKNESS * k
+        z = round(oz + SLICE_THICKNESS * k, 4)  # a DS holds 16 characters: -1.2999999999999972 does not
+        ds.ImagePositionPatient = [ox, oy, z]
+        ds.SliceLocation = z
         ds.SliceThickness = SLICE_THICKNESS
         ds.PixelSpacing = list(PIXEL_SPACING)
         ds.SamplesPerPixel = 1
@@ -413,6 +417,9 @@ def write_rtstruct(phantom: Phantom, ct: list[Dataset], path: Path, tag: str) ->
     ds.Modality = "RTSTRUCT"
     ds.SeriesInstanceUID = demo_uid(phantom.patient_id, "rtstruct-series", tag)
     ds.SeriesNumber = 200
+    ds.OperatorsName = ""
+    ds.FrameOfReferenceUID = ref.FrameOfReferenceUID  # the Frame of Reference module, as planners write
+    ds.PositionReferenceIndicator = ""
     ds.InstanceNumber = 1
     ds.Manufacturer = "iterseg"
     ds.StructureSetLabel = f"Manual {tag}"
