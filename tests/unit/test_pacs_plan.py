@@ -203,3 +203,15 @@ def test_push_records_only_for_datasets_with_a_pacs(tmp_path: Path) -> None:
         "data/results/a/2026-01-15/pacs_pushed.json",
         "data/results/a/2026-03-02/pacs_pushed.json",
     ]
+
+
+def test_an_rtstruct_cut_short_is_named() -> None:
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = Dataset()
+    ds.Modality = "RTSTRUCT"
+    ds.StructureSetROISequence = Sequence([Dataset()])
+    assert incomplete(ds) == "no ROIContourSequence"
+    ds.ROIContourSequence = Sequence([Dataset()])
+    assert incomplete(ds) is None

@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import shutil
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,13 +309,20 @@ def _save_all(
         )
     for ds in datasets:
         uid = str(ds.get("SOPInstanceUID", ""))
-        cut = incomplete(ds) if series.modality != "RTSTRUCT" else None
+        cut = incomplete(ds)
+        path = folder / f"{safe_name(uid)}.dcm"
+        if not cut:
+            try:
+                ds.save_as(path, enforce_file_format=True)
+            except (TypeError, ValueError, KeyError, struct.error) as exc:
+                # a part cut inside its elements: pydicom reads the multipart boundary as an element
+                path.unlink(missing_ok=True)
+                cut = f"unwritable elements: {type(exc).__name__}: {exc}"
         if cut:
             raise PacsError(
                 f"PACS {pacs.url}: {doing}: instance {uid or '(no SOP Instance UID)'} arrived cut short "
                 f"({cut}): an answer cut short (PACS restarted, network); nothing was kept, pull again."
             )
-        ds.save_as(folder / f"{safe_name(uid)}.dcm", enforce_file_format=True)
         written.append(uid)
 
 
@@ -353,7 +361,7 @@ def _write_series(pacs: Pacs, series: PacsSeries, folder: Path, only: set[str] |
 
 
 def incomplete(ds: Any) -> str | None:
-    """Why a retrieved image (or SEG) is cut short, or None when its pixel data is whole.
+    """Why a retrieved image, SEG or RTSTRUCT is cut short, or None when it looks whole.
 
     A WADO-RS answer of several instances has no Content-Length on Orthanc: when the server dies
     mid-answer, dicomweb-client hands the last, unterminated part to pydicom, which reads what
@@ -363,6 +371,9 @@ def incomplete(ds: Any) -> str | None:
 
     from pydicom.encaps import generate_frames
 
+    if ds.get("Modality") == "RTSTRUCT":  # no pixels: the structure set's own sequences must be there
+        absent = [k for k in ("StructureSetROISequence", "ROIContourSequence") if k not in ds]
+        return f"no {' or '.join(absent)}" if absent else None
     if "PixelData" not in ds:
         return "no pixel data"
     frames = int(ds.get("NumberOfFrames") or 1)
