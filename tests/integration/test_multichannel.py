@@ -187,3 +187,34 @@ def test_an_inbox_folder_with_two_studies_gives_two_cases(mr_data: Path, tmp_pat
     assert all(c.case_id.startswith("P101_") and len(c.channels) == 1 for c in scan.cases)
     studies = {c.series.datasets[0].StudyInstanceUID for c in scan.cases if c.series is not None}
     assert len(studies) == 2 and len({c.case_id for c in scan.cases}) == 2
+
+
+def _localizer(flair: Path, out: Path) -> None:
+    """A 3-plane localizer, as MR scanners put before the sequences: one series, three orientations."""
+    out.mkdir()
+    planes = ([1, 0, 0, 0, 1, 0], [0, 1, 0, 0, 0, -1], [1, 0, 0, 0, 0, -1])
+    for k, (path, plane) in enumerate(zip(sorted(flair.iterdir())[:3], planes, strict=True)):
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID, ds.SeriesNumber = f"{UID}77", 1
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{UID}77.{k}"
+        ds.SeriesDescription, ds.ProtocolName = "localizer", "AAHead_Scout"
+        ds.ImageOrientationPatient = plane
+        ds.save_as(out / f"IM{k}")
+
+
+def test_a_three_plane_localizer_beside_the_sequences_is_left_out(mr_data: Path, tmp_path: Path) -> None:
+    inbox, snapshot = tmp_path / "inbox", tmp_path / _snapshot(mr_data).name
+    shutil.copytree(mr_data / "inbox", inbox)
+    shutil.copytree(_snapshot(mr_data), snapshot)
+    _localizer(inbox / "P101/FLAIR", inbox / "P101/LOC")
+    _localizer(snapshot / "P001/FLAIR", snapshot / "P001/LOC")
+    scan = scan_inbox(inbox, "MR", CHANNELS)
+    assert [c.case_id for c in scan.cases] == ["P101", "P102"] and not scan.unusable
+    assert [s.datasets[0].SeriesDescription for s in scan.cases[0].channels] == ["T1 AX"]
+    cases = convert_snapshot(snapshot, tmp_path / "converted", ROI, "MR", channels=CHANNELS)
+    assert "P001" in {c.patient_id for c in cases} and len(cases) == 7
+    # a channel that would take it: the case is refused, naming why its slices cannot be ordered
+    scout = parse_channels({"FLAIR": ["flair"], "T1": ["^t1|scout"]})
+    shutil.rmtree(inbox / "P101/T1")
+    (bad,) = [u for u in scan_inbox(inbox, "MR", scout).unusable if u.case == "P101"]
+    assert f"series {UID}77" in bad.message and "ImageOrientationPatient differs" in bad.message

@@ -243,11 +243,16 @@ def sort_by_position(
 
 
 def find_image_series(
-    folder: Path, modality: str | tuple[str, ...], unreadable: list[tuple[Path, str]] | None = None
+    folder: Path,
+    modality: str | tuple[str, ...],
+    unreadable: list[tuple[Path, str]] | None = None,
+    unorderable: list[tuple[ImageSeries, str]] | None = None,
 ) -> list[ImageSeries]:
     """All series of ``modality`` (one or several) below ``folder``, each sorted geometrically.
 
     ``unreadable``: as for :func:`dicom_files` (truncated or corrupt DICOM files, with the reason).
+    ``unorderable``: series whose slices cannot be ordered (an MR 3-plane localizer mixes three
+    orientations) go there, unsorted, with the reason, instead of raising :class:`DicomReadError`.
     """
     modalities = (modality,) if isinstance(modality, str) else modality
     grouped: dict[str, list[tuple[pydicom.Dataset, Path]]] = {}
@@ -257,7 +262,19 @@ def find_image_series(
         grouped.setdefault(str(ds.SeriesInstanceUID), []).append((ds, path))
     series = []
     for uid, items in sorted(grouped.items()):
-        datasets, files = sort_by_position([d for d, _ in items], [p for _, p in items])
+        try:
+            datasets, files = sort_by_position([d for d, _ in items], [p for _, p in items])
+        except DicomReadError as exc:
+            if unorderable is None:
+                raise
+            found = ImageSeries(
+                uid,
+                header_text(items[0][0], "PatientID"),
+                tuple(p for _, p in items),
+                tuple(d for d, _ in items),
+            )
+            unorderable.append((found, str(exc)))
+            continue
         series.append(ImageSeries(uid, header_text(datasets[0], "PatientID"), tuple(files), tuple(datasets)))
     return series
 

@@ -98,11 +98,19 @@ def _label(series: ImageSeries) -> SeriesLabel:
 
 
 def _study_candidates(
-    folder: Path, series: list[ImageSeries], channels: tuple[Channel, ...]
+    folder: Path,
+    series: list[ImageSeries],
+    channels: tuple[Channel, ...],
+    unorderable: list[tuple[ImageSeries, str]],
 ) -> list[_Candidate]:
-    """Multi-sequence datasets: one case per study of the folder, its series assigned to the channels."""
+    """Multi-sequence datasets: one case per study of the folder, its series assigned to the channels.
+
+    A series whose slices cannot be ordered (an MR 3-plane localizer) matters only when a
+    channel would take it; otherwise it is left out, as any series matching no channel.
+    """
+    broken = {s.series_uid: why for s, why in unorderable}
     studies: dict[str, list[ImageSeries]] = {}
-    for s in series:
+    for s in [*series, *(s for s, _ in unorderable)]:
         studies.setdefault(str(getattr(s.datasets[0], "StudyInstanceUID", "")), []).append(s)
     base = _sanitise(folder.name)
     found = []
@@ -111,6 +119,9 @@ def _study_candidates(
             chosen = assign_channels([_label(s) for s in members], channels)
         except ChannelError as exc:
             raise _UnusableFolder(folder, f"{folder}: {exc}") from exc
+        taken = [c.series_uid for c in chosen if c.series_uid in broken]
+        if taken:
+            raise _UnusableFolder(folder, f"{folder}: series {taken[0]}: {broken[taken[0]]}")
         by_uid = {s.series_uid: s for s in members}
         ref, *others = (by_uid[c.series_uid] for c in chosen)
         one = len(studies) == 1
@@ -142,7 +153,9 @@ def _folder_candidates(folder: Path, modality: str, channels: tuple[Channel, ...
     base = _sanitise(folder.name)
     exact = base == folder.name
     unreadable: list[tuple[Path, str]] = []
-    series = find_image_series(folder, modality, unreadable)
+    unorderable: list[tuple[ImageSeries, str]] = []
+    many = len(channels) > 1  # multi-sequence: a localizer beside the sequences is no reason to refuse
+    series = find_image_series(folder, modality, unreadable, unorderable if many else None)
     if unreadable:
         path, reason = unreadable[0]
         others = f" (and {len(unreadable) - 1} more file(s) like it)" if len(unreadable) > 1 else ""
@@ -151,9 +164,9 @@ def _folder_candidates(folder: Path, modality: str, channels: tuple[Channel, ...
             f"{path}: not a usable DICOM file ({reason}){others}. Re-export the complete series from "
             "the PACS or scanner into that folder, or move the folder out of the inbox.",
         )
-    if len(channels) > 1:
-        if series:
-            return _study_candidates(folder, series, channels)
+    if many:
+        if series or unorderable:
+            return _study_candidates(folder, series, channels, unorderable)
         if _nifti_files(folder):
             raise _UnusableFolder(
                 folder,
